@@ -1,0 +1,11 @@
+"""ComfyUI node classes, gathered from one module per feature."""
+
+from . import stylemamba_nodes, stylestudio_nodes
+
+_MODULES = (stylemamba_nodes, stylestudio_nodes)
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+for _module in _MODULES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)

@@ -1,0 +1,131 @@
+"""LoadStyleMamba → TextStyleEncode → StyleFuse: thin adapters from ComfyUI sockets to the core."""
+
+from __future__ import annotations
+
+from ..stylemamba.checkpoint import StyleMamba, load_checkpoint, new_style_mamba
+from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..stylemamba.encoders import load_text_encoder
+from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
+from ..stylemamba.stylize import stylize_latents
+from . import comfy_bridge
+
+CATEGORY = "style_transfer/StyleMamba"
+NEW_MODEL = "new (untrained)"
+FROM_CHECKPOINT = "from checkpoint"
+
+
+class LoadStyleMamba:
+    DESCRIPTION = (
+        "Loads a StyleMamba style fusion model from models/stylemamba, or makes a new untrained one "
+        "(which changes nothing until trained) for a given latent channel count."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STYLE_MAMBA",)
+    RETURN_NAMES = ("style_mamba",)
+    OUTPUT_TOOLTIPS = ("The style fusion model and the SigLIP text encoder it expects.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "checkpoint": ([NEW_MODEL, *comfy_bridge.list_model_files("stylemamba")], {"tooltip": "A .safetensors file in models/stylemamba."}),
+                "text_encoder": (
+                    [FROM_CHECKPOINT, DEFAULT_TEXT_ENCODER, *comfy_bridge.list_local_encoders()],
+                    {"tooltip": "SigLIP folder in models/siglip or a hub id; 'from checkpoint' uses the one it was trained with."},
+                ),
+            },
+            "optional": {
+                "latent_channels": ("INT", {
+                    "default": 4, "min": 1, "max": 256,
+                    "tooltip": "Only for a new model: 4 for SD1.5/SDXL, 16 for SD3/Flux.1, 32 for Flux.2 latents.",
+                }),
+            },
+        }
+
+    def load(self, checkpoint: str, text_encoder: str, latent_channels: int = 4) -> tuple[StyleMamba]:
+        if checkpoint == NEW_MODEL:
+            style_mamba = new_style_mamba(StyleMambaConfig(latent_channels=latent_channels))
+        else:
+            style_mamba = load_checkpoint(comfy_bridge.model_file_path("stylemamba", checkpoint), device=comfy_bridge.offload_device())
+        if text_encoder != FROM_CHECKPOINT:
+            style_mamba.text_encoder = text_encoder
+        return (style_mamba,)
+
+
+class TextStyleEncode:
+    DESCRIPTION = "Encodes a style description with the model's SigLIP text encoder (prompt templates averaged)."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STYLE_EMBED",)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("The style as a SigLIP embedding, plus its direction from the source text.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "style_mamba": ("STYLE_MAMBA", {"tooltip": "Decides which text encoder to use."}),
+                "text": ("STRING", {"multiline": True, "default": "an oil painting by Van Gogh", "tooltip": "The style to apply."}),
+            },
+            "optional": {
+                "source_text": ("STRING", {"default": DEFAULT_SOURCE_TEXT, "tooltip": "What the content images are, e.g. 'a photo'."}),
+            },
+        }
+
+    def encode(self, style_mamba: StyleMamba, text: str, source_text: str = DEFAULT_SOURCE_TEXT) -> tuple[StyleEmbedding]:
+        if not text.strip():
+            raise ValueError("TextStyleEncode: the style text is empty; describe a style such as 'a watercolor painting'")
+        encoder = load_text_encoder(comfy_bridge.resolve_encoder(style_mamba.text_encoder))
+        with comfy_bridge.on_compute_device(encoder.model):
+            style = encode_text_style(encoder, text, source_text)
+        return (style,)
+
+
+class StyleFuse:
+    DESCRIPTION = (
+        "Restyles a LATENT with a StyleMamba model and a style embedding. Keeps the LATENT's other keys; "
+        "an optional MASK limits the change; video latents are styled frame by frame."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("LATENT",)
+    OUTPUT_TOOLTIPS = ("The stylised latent: decode it with the same VAE.",)
+    FUNCTION = "fuse"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "style_mamba": ("STYLE_MAMBA",),
+                "latent": ("LATENT", {"tooltip": "From VAEEncode of the content image(s)."}),
+                "style": ("STYLE_EMBED",),
+                "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "0 = unchanged, 1 = as trained, 2 = exaggerated."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "White = stylise, black = keep; resized to the latent."}),
+            },
+        }
+
+    def fuse(self, style_mamba: StyleMamba, latent: dict, style: StyleEmbedding, strength: float, mask=None) -> tuple[dict]:
+        samples = latent["samples"]
+        frames = samples.shape[0] * (samples.shape[2] if samples.dim() == 5 else 1)
+        progress = comfy_bridge.Progress(frames)
+
+        def report(done: int, total: int) -> None:
+            progress(done, total)
+            comfy_bridge.throw_if_interrupted()
+
+        with comfy_bridge.on_compute_device(style_mamba.model) as device:
+            styled = stylize_latents(
+                style_mamba, samples, style, strength, mask,
+                device=device, autocast_dtype=comfy_bridge.autocast_dtype(device), progress=report,
+            )
+        return ({**latent, "samples": styled},)
+
+
+NODE_CLASS_MAPPINGS = {"LoadStyleMamba": LoadStyleMamba, "TextStyleEncode": TextStyleEncode, "StyleFuse": StyleFuse}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadStyleMamba": "Load StyleMamba",
+    "TextStyleEncode": "Text Style Encode (SigLIP)",
+    "StyleFuse": "StyleMamba Style Fuse",
+}

@@ -1,0 +1,1 @@
+"""Pure-torch core of the StyleMamba style fusion: imports without ComfyUI."""

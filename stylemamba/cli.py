@@ -1,0 +1,35 @@
+"""``stylemamba`` / ``python -m comfyui_stylemamba``: one entry, one sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import cli_stylize
+
+#: Sub-command modules; each has ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
+COMMANDS = {"stylize": cli_stylize}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stylemamba", description="StyleMamba text-driven style transfer in VAE latent space."
+    )
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        sub = subcommands.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except (FileNotFoundError, FileExistsError, ValueError, NotADirectoryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""``stylize``: image → VAE latent → StyleMamba → VAE decode, the same core path StyleFuse runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint
+from .encoders import TextEncoder
+from .images import load_image, save_image
+from .style import DEFAULT_SOURCE_TEXT, encode_text_style
+from .stylize import stylize_latents
+from .vae import load_diffusers_vae, pad_to_multiple
+
+HELP = "Restyle images with a StyleMamba checkpoint and a text prompt."
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", type=Path, help="content image file(s)")
+    parser.add_argument("--style", required=True, help='style text, e.g. "an oil painting by Van Gogh"')
+    parser.add_argument("--source", default=DEFAULT_SOURCE_TEXT, help="text describing the content (default: %(default)r)")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="StyleMamba .safetensors checkpoint")
+    parser.add_argument("--vae", required=True, help="diffusers VAE folder or hub id whose latents the checkpoint was trained on")
+    parser.add_argument("--text-encoder", help="SigLIP folder or hub id (default: the one recorded in the checkpoint)")
+    parser.add_argument("--strength", type=float, default=1.0, help="0 keeps the content, 1 full style, up to 2 (default: %(default)s)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output file (one image) or folder (several)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+
+
+def output_paths(images: list[Path], output: Path) -> list[Path]:
+    """One image may name a file; several always go into a folder, keeping their stems."""
+    if len(images) == 1 and output.suffix:
+        return [output]
+    if output.suffix:
+        raise ValueError(f"{len(images)} images need an output folder, not the file name {output}")
+    return [output / f"{image.stem}_stylized.png" for image in images]
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0.0 <= args.strength <= 2.0:
+        raise ValueError(f"--strength must be between 0 and 2, got {args.strength}")
+    targets = output_paths(args.images, args.output)
+    for target in targets:
+        if target.exists() and not args.overwrite:
+            raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
+    style_mamba = load_checkpoint(args.checkpoint)
+    vae = load_diffusers_vae(args.vae, args.device)
+    style_mamba.check_latent_channels(vae.latent_channels)
+    encoder = TextEncoder.from_pretrained(args.text_encoder or style_mamba.text_encoder)
+    style = encode_text_style(encoder, args.style, args.source)
+    for image_path, target in tqdm(list(zip(args.images, targets)), desc="stylize", unit="image"):
+        image, (height, width) = pad_to_multiple(load_image(image_path).to(args.device), vae.downscale)
+        with torch.no_grad():
+            latent = vae.encode(image)
+            styled = stylize_latents(style_mamba, latent, style, args.strength, device=args.device)
+            result = vae.decode(styled)[..., :height, :width]
+        save_image(result, target, overwrite=args.overwrite)
+        tqdm.write(f"wrote {target}")
+    return 0

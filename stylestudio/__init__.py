@@ -1,0 +1,1 @@
+"""Pure-torch core of StyleStudio cross-modal AdaIN: imports without ComfyUI."""

@@ -1,0 +1,28 @@
+"""Small models shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
+from comfyui_stylemamba.stylemamba.model import StyleFusionModel
+
+
+def tiny_config(**overrides) -> StyleMambaConfig:
+    values = dict(latent_channels=4, style_dim=8, width=16, depth=2, d_state=4, dt_rank=2, patch_size=2)
+    values.update(overrides)
+    return StyleMambaConfig(**values)
+
+
+def trained_like(config: StyleMambaConfig, seed: int = 0) -> StyleFusionModel:
+    """A model whose zero-initialised gates and head were given random values, as training would."""
+    torch.manual_seed(seed)
+    model = StyleFusionModel(config)
+    with torch.no_grad():
+        for block in model.blocks:
+            block.modulation.weight.normal_(std=0.2)
+            block.modulation.bias.normal_(std=0.2)
+        for layer in (model.final_modulation, model.head):
+            layer.weight.normal_(std=0.2)
+            layer.bias.normal_(std=0.2)
+    return model

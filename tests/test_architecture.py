@@ -1,0 +1,82 @@
+"""The layering rules: core and kernels never touch ComfyUI; only one import name is installed."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMFY_MODULES = {"comfy", "folder_paths", "comfy_extras", "comfy_execution", "server", "execution", "nodes", "latent_preview"}
+
+
+def imports_of(path: Path) -> list[tuple[int, str, int]]:
+    """(level, module, line) for every import statement; level > 0 means relative."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(0, alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.level, node.module or "", node.lineno))
+    return found
+
+
+def package_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).glob("*.py"))
+
+
+@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "kernels"])
+def test_core_never_imports_comfyui_or_nodes(package):
+    for path in package_files(package):
+        for level, module, line in imports_of(path):
+            top = module.split(".")[0]
+            assert not (level == 0 and top in COMFY_MODULES), f"{path.name}:{line} imports {module}"
+            assert not (level >= 2 and top == "nodes"), f"{path.name}:{line} imports the nodes layer"
+
+
+def test_kernels_import_nothing_above_them():
+    for path in package_files("kernels"):
+        for level, module, line in imports_of(path):
+            assert level <= 1, f"kernels/{path.name}:{line} imports from {'.' * level}{module}"
+
+
+def test_nodes_import_comfy_only_lazily():
+    for path in package_files("nodes"):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                for name in names:
+                    assert name.split(".")[0] not in COMFY_MODULES or getattr(node, "level", 0) > 0, f"nodes/{path.name} imports {name} at module level"
+
+
+def test_internal_imports_are_relative():
+    for package in ("nodes", "stylemamba", "stylestudio", "kernels"):
+        for path in package_files(package):
+            for level, module, line in imports_of(path):
+                assert not (level == 0 and module.startswith("comfyui_stylemamba")), f"{package}/{path.name}:{line}"
+
+
+def test_only_one_import_name_is_installed():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {"comfyui_stylemamba": "."}
+    assert all(p == "comfyui_stylemamba" or p.startswith("comfyui_stylemamba.") for p in config["packages"])
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in ("tests",)}
+    listed = {p.split(".", 1)[1] for p in config["packages"] if "." in p}
+    assert on_disk == listed, "every sub-package must be listed in pyproject.toml (and no other)"
+
+
+def test_requirements_never_pin_torch():
+    for name in ("requirements.txt",):
+        lines = [l.split("#")[0].strip().lower() for l in (ROOT / name).read_text().splitlines()]
+        assert not any(l.startswith(("torch", "torchvision", "torchaudio")) for l in lines)
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert not any(d.lower().startswith("torch") for d in dependencies)
+
+
+def test_root_init_only_exports_mappings():
+    tree = ast.parse((ROOT / "__init__.py").read_text())
+    assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    assert assigned <= {"__all__", "WEB_DIRECTORY"}

@@ -1,0 +1,60 @@
+"""SigLIP encoders on a tiny random model saved in the real transformers folder format."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_stylemamba.stylemamba.encoders import STYLE_TEMPLATES, EncoderNotFoundError, ImageEncoder, TextEncoder
+from comfyui_stylemamba.stylemamba.style import encode_image_style, encode_text_style
+
+from conftest import TINY_EMBED_DIM
+
+
+def test_text_embeddings_are_unit_length_and_template_averaged(tiny_siglip):
+    encoder = TextEncoder.from_pretrained(str(tiny_siglip))
+    assert encoder.embed_dim == TINY_EMBED_DIM
+    single = encoder.encode(["oil painting", "a photo"])
+    assert single.shape == (2, TINY_EMBED_DIM)
+    torch.testing.assert_close(single.norm(dim=-1), torch.ones(2))
+    style = encoder.encode_style("oil painting")
+    each = encoder.encode([t.format("oil painting") for t in STYLE_TEMPLATES])
+    torch.testing.assert_close(style, torch.nn.functional.normalize(each.mean(0, keepdim=True), dim=-1))
+
+
+def test_text_style_direction(tiny_siglip):
+    style = encode_text_style(TextEncoder.from_pretrained(str(tiny_siglip)), "  watercolor sketch ", "a photo")
+    assert style.description == "watercolor sketch"
+    expected = torch.nn.functional.normalize(style.target - style.source, dim=-1)
+    torch.testing.assert_close(style.direction, expected)
+    assert style.direction.norm() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_empty_text_is_refused(tiny_siglip):
+    encoder = TextEncoder.from_pretrained(str(tiny_siglip))
+    with pytest.raises(ValueError, match="style text is empty"):
+        encoder.encode_style("   ")
+
+
+def test_missing_encoder_says_which_files_to_put_where(tmp_path):
+    with pytest.raises(EncoderNotFoundError, match=r"config.json.*models/siglip/absent/"):
+        TextEncoder.from_pretrained(str(tmp_path / "absent"), local_files_only=True)
+
+
+def test_image_embeddings_are_differentiable(tiny_siglip):
+    encoder = ImageEncoder.from_pretrained(str(tiny_siglip))
+    images = torch.rand(2, 3, 40, 56, requires_grad=True)
+    features = encoder.encode(images)
+    assert features.shape == (2, TINY_EMBED_DIM)
+    features[:, 0].sum().backward()
+    assert images.grad.abs().max() > 0
+    with pytest.raises(ValueError, match="\\(batch, 3, height, width\\)"):
+        encoder.encode(torch.rand(2, 1, 8, 8))
+
+
+def test_image_style(tiny_siglip):
+    encoder = ImageEncoder.from_pretrained(str(tiny_siglip))
+    style = encode_image_style(encoder, torch.rand(2, 3, 32, 32), torch.rand(1, 3, 32, 32))
+    assert style.target.shape == style.source.shape == (1, TINY_EMBED_DIM)
+    with pytest.raises(ValueError, match="at least one style image"):
+        encode_image_style(encoder, torch.rand(0, 3, 32, 32), torch.rand(1, 3, 32, 32))
