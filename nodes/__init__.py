@@ -1,8 +1,8 @@
 """ComfyUI node classes, gathered from one module per feature."""
 
-from . import stylemamba_nodes, stylestudio_nodes
+from . import stylemamba_nodes, stylestudio_nodes, training_nodes
 
-_MODULES = (stylemamba_nodes, stylestudio_nodes)
+_MODULES = (stylemamba_nodes, stylestudio_nodes, training_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

@@ -151,3 +151,23 @@ def throw_if_interrupted() -> None:
     model_management = _optional("comfy.model_management")
     if model_management is not None:
         model_management.throw_exception_if_processing_interrupted()
+
+
+def interrupt_requested() -> bool:
+    """True once the user pressed Cancel, without raising: a fit stops cleanly and keeps its best model."""
+    model_management = _optional("comfy.model_management")
+    return model_management is not None and model_management.processing_interrupted()
+
+
+def load_patcher(patcher: object | None) -> None:
+    """Put a ComfyUI-managed model (e.g. ``vae.patcher``) fully on its device before calling it directly."""
+    model_management = _optional("comfy.model_management")
+    if model_management is not None and patcher is not None:
+        model_management.load_models_gpu([patcher], force_full_load=True)
+
+
+def free_memory() -> None:
+    """Return cached GPU memory after a memory-hungry node (e.g. a training run)."""
+    model_management = _optional("comfy.model_management")
+    if model_management is not None:
+        model_management.soft_empty_cache()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .atomic import write_atomically
 from .config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
 from .model import StyleFusionModel, latent_channel_mismatch
 
@@ -77,23 +77,9 @@ def save_checkpoint(style_mamba: StyleMamba, path: str | os.PathLike, overwrite:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint path must end in .safetensors, got {path.name!r}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in style_mamba.model.state_dict().items()}
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, temp_name, metadata=checkpoint_metadata(style_mamba))
-        if overwrite:
-            os.replace(temp_name, path)
-        else:
-            os.link(temp_name, path)  # fails if the name was taken meanwhile
-            os.unlink(temp_name)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    metadata = checkpoint_metadata(style_mamba)
+    return write_atomically(path, lambda temp: save_file(tensors, temp, metadata=metadata), overwrite)
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .cli_fit import DEFAULT_VAE, add_fit_arguments, fit_checkpoint
+from .config import DEFAULT_TEXT_ENCODER
 from .encoders import TextEncoder
 from .images import load_image, save_image
 from .style import DEFAULT_SOURCE_TEXT, encode_text_style
@@ -22,13 +24,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, help="content image file(s)")
     parser.add_argument("--style", required=True, help='style text, e.g. "an oil painting by Van Gogh"')
     parser.add_argument("--source", default=DEFAULT_SOURCE_TEXT, help="text describing the content (default: %(default)r)")
-    parser.add_argument("--checkpoint", type=Path, required=True, help="StyleMamba .safetensors checkpoint")
-    parser.add_argument("--vae", required=True, help="diffusers VAE folder or hub id whose latents the checkpoint was trained on")
+    parser.add_argument(
+        "--checkpoint", type=Path,
+        help="StyleMamba .safetensors checkpoint (default: fit one for --style on these images and save it beside the output)",
+    )
+    parser.add_argument("--vae", default=DEFAULT_VAE, help="diffusers VAE folder or hub id whose latents the checkpoint was trained on (default: %(default)s)")
     parser.add_argument("--text-encoder", help="SigLIP folder or hub id (default: the one recorded in the checkpoint)")
     parser.add_argument("--strength", type=float, default=1.0, help="0 keeps the content, 1 full style, up to 2 (default: %(default)s)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output file (one image) or folder (several)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_fit_arguments(parser.add_argument_group("fitting (only without --checkpoint)"))
 
 
 def output_paths(images: list[Path], output: Path) -> list[Path]:
@@ -40,6 +46,11 @@ def output_paths(images: list[Path], output: Path) -> list[Path]:
     return [output / f"{image.stem}_stylized.png" for image in images]
 
 
+def fitted_checkpoint_path(output: Path) -> Path:
+    """Where a checkpoint fitted on the fly goes: ``OUT.stylemamba.safetensors`` or ``FOLDER/stylemamba.safetensors``."""
+    return output.with_suffix(".stylemamba.safetensors") if output.suffix else output / "stylemamba.safetensors"
+
+
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.strength <= 2.0:
         raise ValueError(f"--strength must be between 0 and 2, got {args.strength}")
@@ -47,8 +58,16 @@ def run(args: argparse.Namespace) -> int:
     for target in targets:
         if target.exists() and not args.overwrite:
             raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
-    style_mamba = load_checkpoint(args.checkpoint)
     vae = load_diffusers_vae(args.vae, args.device)
+    if args.checkpoint is None:
+        fitted_path = fitted_checkpoint_path(args.output)
+        if fitted_path.exists() and not args.overwrite:
+            raise FileExistsError(f"{fitted_path} already exists; pass it as --checkpoint, or --overwrite to fit again")
+        args.text_encoder = args.text_encoder or DEFAULT_TEXT_ENCODER
+        style_mamba = fit_checkpoint(args, vae).style_mamba
+        tqdm.write(f"wrote {save_checkpoint(style_mamba, fitted_path, overwrite=args.overwrite)}")
+    else:
+        style_mamba = load_checkpoint(args.checkpoint)
     style_mamba.check_latent_channels(vae.latent_channels)
     encoder = TextEncoder.from_pretrained(args.text_encoder or style_mamba.text_encoder)
     style = encode_text_style(encoder, args.style, args.source)

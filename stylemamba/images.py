@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .atomic import write_atomically
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -40,19 +41,8 @@ def save_image(image: torch.Tensor, path: str | os.PathLike, overwrite: bool = F
     """Save (1, 3, H, W) or (3, H, W) in [0, 1]; written to a temp file then moved into place."""
     from PIL import Image
 
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass --overwrite to replace it")
     if image.dim() == 4:
         image = image[0]
     array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        Image.fromarray(array).save(temp_name)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
+    picture = Image.fromarray(array)
+    return write_atomically(path, picture.save, overwrite)  # the temp name keeps the suffix PIL reads the format from

@@ -57,6 +57,19 @@ def test_save_never_overwrites_unless_asked(tmp_path, trained):
     assert read_metadata(path)["format"] == "stylemamba"
 
 
+def test_saved_file_has_ordinary_permissions(tmp_path, trained):
+    """A temp-file write must not leave a 0600 file that other users of a shared models folder cannot read."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(trained, tmp_path / "shared.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.safetensors"]
+
+
 def test_failed_save_leaves_nothing_behind(tmp_path, trained, monkeypatch):
     def broken_save(*args, **kwargs):
         raise OSError("disk full")

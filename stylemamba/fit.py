@@ -1,0 +1,241 @@
+"""Per-style fit: optimise a StyleMamba model so decoded latents move along one text direction.
+
+The content latents are encoded once; every step runs the fusion model, decodes differentiably
+(the full VAE, or a tiny autoencoder of the same latent family as a cheap proxy) and applies the
+paper's losses. Shared by the TrainStyleMamba node and the ``fit`` / ``stylize`` commands.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+
+from .checkpoint import StyleMamba
+from .encoders import ImageEncoder
+from .losses import (
+    LossWeights,
+    SecondOrderDirectionalLoss,
+    directional_loss,
+    latent_content_loss,
+    masked_directional_loss,
+    patch_directional_loss,
+    siglip_content_loss,
+    total_variation_loss,
+    vgg_content_loss,
+)
+from .style import StyleEmbedding
+
+CONTENT_LOSSES = ("latent", "siglip", "vgg")
+
+#: ``callback(step, total_loss, preview)`` after each step; ``preview`` is an image batch in [0, 1]
+#: every ``preview_every`` steps, else None. Returning True stops the fit (best model so far is kept).
+FitCallback = Callable[[int, float, "torch.Tensor | None"], bool]
+
+
+@dataclass
+class FitSettings:
+    """Everything that shapes a fit besides the data; recorded in the checkpoint's metadata.
+
+    Defaults follow CLIPstyler (Adam 5e-4 halved every 100 steps, 200 steps). The content term
+    defaults to latent L2 because it needs no extra weights; ``vgg`` needs ``vgg`` passed to
+    ``fit_style`` (CLIPstyler's choice, weights supplied by the user).
+    """
+
+    iterations: int = 200
+    lr: float = 5e-4
+    lr_halving_steps: int = 100
+    seed: int = 0
+    weights: LossWeights = field(default_factory=LossWeights)
+    content_loss: str = "latent"
+    preview_every: int = 10
+    train_decoder: str = "vae"  # recorded only: which decoder the caller passed
+
+    def __post_init__(self) -> None:
+        if self.iterations < 1:
+            raise ValueError(f"iterations must be at least 1, got {self.iterations}")
+        if not self.lr > 0:
+            raise ValueError(f"learning rate must be positive, got {self.lr}")
+        if self.lr_halving_steps < 1:
+            raise ValueError(f"lr_halving_steps must be at least 1, got {self.lr_halving_steps}")
+        if self.content_loss not in CONTENT_LOSSES:
+            raise ValueError(f"content_loss must be one of {', '.join(CONTENT_LOSSES)}, got {self.content_loss!r}")
+        if self.preview_every < 1:
+            raise ValueError(f"preview_every must be at least 1, got {self.preview_every}")
+
+    def record(self) -> dict:
+        return {**asdict(self), "weights": asdict(self.weights)}
+
+
+@dataclass
+class FitResult:
+    """The best model seen (lowest total loss) and what happened on the way."""
+
+    style_mamba: StyleMamba
+    history: list[dict[str, float]]
+    best_step: int
+    best_loss: float
+    stopped_early: bool
+    seconds: float
+
+    @property
+    def steps_per_second(self) -> float:
+        return len(self.history) / self.seconds if self.seconds > 0 else math.inf
+
+
+class StyleObjective:
+    """The weighted loss of one fit; terms with weight 0 are never computed (their encoders never run).
+
+    References are the *decoded content latents*, not the original photos: an untrained model
+    then scores zero content loss and zero image change, so the losses only see what the fusion
+    model changed, not the autoencoder's own reconstruction error.
+    """
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoder | None,
+        style: StyleEmbedding,
+        content_latents: torch.Tensor,
+        reference: torch.Tensor,
+        settings: FitSettings,
+        vgg: torch.nn.Module | None = None,
+    ):
+        self.image_encoder, self.settings, self.vgg = image_encoder, settings, vgg
+        self.weights = settings.weights
+        if settings.content_loss == "vgg" and self.weights.content > 0 and vgg is None:
+            raise ValueError("content_loss='vgg' needs VGG-19 weights: pass a VGG19Features model (or choose 'latent'/'siglip')")
+        self.content_latents, self.reference = content_latents, reference
+        self.direction = style.direction.to(reference.device)
+        self.second_order = SecondOrderDirectionalLoss(self.weights.second_order)
+        needs_features = any(getattr(self.weights, name) > 0 for name in ("directional", "patch", "second_order"))
+        needs_encoder = needs_features or self.weights.masked > 0 or (settings.content_loss == "siglip" and self.weights.content > 0)
+        if needs_encoder and image_encoder is None:
+            raise ValueError("the directional, patch and SigLIP content losses need a SigLIP image encoder; none was given")
+        with torch.no_grad():
+            self.reference_features = image_encoder.encode(reference) if needs_features else None
+
+    def __call__(self, latents: torch.Tensor, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        w, terms = self.weights, {}
+        if self.reference_features is not None:
+            features = self.image_encoder.encode(images)
+            first_order = directional_loss(features, self.reference_features, self.direction)
+            terms["directional"] = w.directional * first_order
+            if w.second_order > 0:
+                terms["second_order"] = self.second_order(features - self.reference_features, first_order)
+        if w.masked > 0:
+            terms["masked"] = w.masked * masked_directional_loss(
+                self.image_encoder, images, self.reference, self.direction, w.mask_ratio, w.mask_patch_size, generator
+            )
+        if w.patch > 0:
+            terms["patch"] = w.patch * patch_directional_loss(
+                self.image_encoder, images, self.reference_features, self.direction,
+                w.num_crops, w.crop_size, w.threshold, generator, w.distortion,
+            )
+        if w.content > 0:
+            terms["content"] = w.content * self.content_term(latents, images)
+        if w.tv > 0:
+            terms["tv"] = w.tv * total_variation_loss(images)
+        if not terms:
+            raise ValueError("every loss weight is 0: nothing to fit")
+        terms["total"] = sum(terms.values())
+        return terms
+
+    def content_term(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        kind = self.settings.content_loss
+        if kind == "latent":
+            return latent_content_loss(latents, self.content_latents)
+        if kind == "siglip":
+            return siglip_content_loss(self.image_encoder, images, self.reference)
+        return vgg_content_loss(self.vgg, images, self.reference)
+
+
+def fit_resolution(images: torch.Tensor, max_side: int, multiple: int = 8) -> torch.Tensor:
+    """Downscale (b, 3, H, W) so the longer side is at most ``max_side`` and both sides are multiples of ``multiple``.
+
+    Fit cost grows with pixels while the style a fit learns does not, so large photos are fitted
+    small; the autoencoder needs sizes it can divide by its downscale factor.
+    """
+    height, width = images.shape[-2:]
+    scale = min(1.0, max_side / max(height, width))
+    size = [max(multiple, int(side * scale) // multiple * multiple) for side in (height, width)]
+    if size == [height, width]:
+        return images
+    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def fit_style(
+    style_mamba: StyleMamba,
+    content: torch.Tensor,
+    style: StyleEmbedding,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    image_encoder: ImageEncoder | None,
+    settings: FitSettings | None = None,
+    callback: FitCallback | None = None,
+    vgg: torch.nn.Module | None = None,
+    device: torch.device | str = "cpu",
+) -> FitResult:
+    """Fit a copy of ``style_mamba`` to ``style`` on ``content`` (b, 3, H, W in [0, 1]).
+
+    ``encode`` maps images to the latents the model will see (run once, without gradients);
+    ``decode`` must be differentiable and return images in [0, 1]. The input model is not
+    changed (ComfyUI may reuse it); the result holds the lowest-loss weights seen, which is
+    also what an early stop returns. Same seed, inputs and device → same result.
+    """
+    settings = settings or FitSettings()
+    if content.dim() != 4 or content.shape[1] != 3:
+        raise ValueError(f"content images must be (batch, 3, height, width) in [0, 1], got {tuple(content.shape)}")
+    start = time.perf_counter()
+    model = copy.deepcopy(style_mamba.model).to(device).float().train().requires_grad_(True)
+    generator = torch.Generator().manual_seed(settings.seed)
+    condition = style.target.to(device)
+    with torch.no_grad():
+        content_latents = encode(content.to(device)).float()
+        style_mamba.check_latent_channels(content_latents.shape[1])
+        reference = decode(content_latents).float()
+    objective = StyleObjective(image_encoder, style, content_latents, reference, settings, vgg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_halving_steps, gamma=0.5)
+
+    history: list[dict[str, float]] = []
+    best_state, best_loss, best_step, stopped = None, math.inf, -1, False
+    for step in range(settings.iterations):
+        latents = model(content_latents, condition)
+        images = decode(latents)
+        terms = objective(latents, images, generator)
+        loss = terms["total"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"fit diverged at step {step} (loss {loss.item()}); lower the learning rate")
+        history.append({name: value.item() for name, value in terms.items()})
+        if loss.item() < best_loss:  # the weights that produced this loss, before this step's update
+            best_loss, best_step = loss.item(), step
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if callback is not None:
+            preview = images.detach() if (step + 1) % settings.preview_every == 0 or step + 1 == settings.iterations else None
+            if callback(step + 1, loss.item(), preview):
+                stopped = True
+                break
+
+    model.load_state_dict(best_state)
+    model.eval().requires_grad_(False)
+    training = {
+        "style": style.description,
+        "text_encoder": style.encoder,
+        "content_images": content.shape[0],
+        "content_size": list(content.shape[-2:]),
+        "settings": settings.record(),
+        "steps_run": len(history),
+        "best_step": best_step,
+        "best_loss": best_loss,
+        "previous": style_mamba.training or None,
+    }
+    fitted = StyleMamba(model=model, text_encoder=style_mamba.text_encoder, training=training, source="fit")
+    return FitResult(fitted, history, best_step, best_loss, stopped, time.perf_counter() - start)

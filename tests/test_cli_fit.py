@@ -1,0 +1,77 @@
+"""`stylemamba fit` and `stylize` without --checkpoint, end to end on tiny real-format models."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from comfyui_stylemamba.stylemamba.checkpoint import load_checkpoint, read_metadata
+from comfyui_stylemamba.stylemamba.cli import main
+from comfyui_stylemamba.stylemamba.images import load_image, save_image
+from comfyui_stylemamba.stylemamba.taesd import build_decoder
+
+
+@pytest.fixture
+def content(tmp_path):
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 4, 4), size=(16, 20), mode="bilinear")
+    return save_image(smooth, tmp_path / "content.png")
+
+
+def fit_args(content, tiny_vae, tiny_siglip, output, *extra):
+    return [
+        "fit", str(content), "--style", "oil painting", "-o", str(output), "--vae", str(tiny_vae),
+        "--text-encoder", str(tiny_siglip), "--iterations", "2", "--max-resolution", "16", *extra,
+    ]
+
+
+def test_fit_writes_a_loadable_checkpoint_and_never_overwrites(tmp_path, content, tiny_vae, tiny_siglip, capsys):
+    output = tmp_path / "oil.safetensors"
+    assert main(fit_args(content, tiny_vae, tiny_siglip, output, "--lr", "0.01", "--seed", "3")) == 0
+    assert "2 steps in" in capsys.readouterr().out
+    loaded = load_checkpoint(output)
+    assert loaded.config.latent_channels == 4 and loaded.config.style_dim == 32
+    training = json.loads(read_metadata(output)["training"])
+    assert training["style"] == "oil painting" and training["source_text"] == "a photo"
+    assert training["settings"]["lr"] == 0.01 and training["settings"]["seed"] == 3
+    assert training["content_size"] == [12, 16] and training["content_files"] == ["content.png"]
+    assert main(fit_args(content, tiny_vae, tiny_siglip, output)) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_fit_with_a_tiny_decoder_and_its_refusals(tmp_path, content, tiny_vae, tiny_siglip, capsys):
+    torch.manual_seed(0)
+    torch.save(build_decoder(16).state_dict(), tmp_path / "taesd3_decoder.pth")
+    wrong = fit_args(content, tiny_vae, tiny_siglip, tmp_path / "a.safetensors", "--train-decoder", str(tmp_path / "taesd3_decoder.pth"))
+    assert main(wrong) == 2
+    assert "decodes 16-channel latents (taesd3) but" in capsys.readouterr().err
+    assert main(fit_args(content, tiny_vae, tiny_siglip, tmp_path / "b.txt")) == 2
+    assert "must name a .safetensors checkpoint" in capsys.readouterr().err
+    assert main(fit_args(content, tiny_vae, tiny_siglip, tmp_path / "c.safetensors", "--content-loss", "vgg")) == 2
+    assert "needs --vgg-weights" in capsys.readouterr().err
+    assert main(fit_args(tmp_path / "missing.png", tiny_vae, tiny_siglip, tmp_path / "d.safetensors")) == 2
+    assert "image not found" in capsys.readouterr().err
+
+
+def test_stylize_without_checkpoint_fits_and_saves_beside_the_output(tmp_path, content, tiny_vae, tiny_siglip):
+    out = tmp_path / "out.png"
+    args = [
+        "stylize", str(content), "--style", "oil painting", "--vae", str(tiny_vae), "--text-encoder", str(tiny_siglip),
+        "--iterations", "1", "--lr", "0.01", "-o", str(out),
+    ]
+    assert main(args) == 0
+    fitted = tmp_path / "out.stylemamba.safetensors"
+    assert load_image(out).shape == (1, 3, 16, 20)
+    assert json.loads(read_metadata(fitted)["training"])["style"] == "oil painting"
+    assert main([*args[:-2], "-o", str(tmp_path / "again.png"), "--checkpoint", str(fitted)]) == 0
+    assert torch.equal(load_image(tmp_path / "again.png"), load_image(out))  # the saved checkpoint is the one used
+    assert main(args) == 2  # neither the image nor the fitted checkpoint is replaced without --overwrite
+
+
+def test_help_lists_the_fit_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    text = capsys.readouterr().out
+    assert "--train-decoder" in text and "--iterations" in text and "stabilityai/sd-vae-ft-mse" in text
