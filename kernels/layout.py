@@ -10,14 +10,18 @@ import torch
 DIRECTIONS = ("row", "column", "row_reversed", "column_reversed")
 
 
+def group_size(dim: int, groups: int) -> int:
+    """Channels per B/C group; mamba-ssm's rule needs equal blocks."""
+    if dim % groups:
+        raise ValueError(f"dim {dim} is not a multiple of the {groups} B/C groups")
+    return dim // groups
+
+
 def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
     """(b, n, L) or (b, g, n, L) → (b, dim, n, L): channel c reads group c // (dim // g)."""
     if BC.dim() == 3:
         return BC.unsqueeze(1).expand(-1, dim, -1, -1)
-    groups = BC.shape[1]
-    if dim % groups:
-        raise ValueError(f"dim {dim} is not a multiple of the {groups} B/C groups")
-    return BC.repeat_interleave(dim // groups, dim=1)
+    return BC.repeat_interleave(group_size(dim, BC.shape[1]), dim=1)
 
 
 def flatten_directions(grid: torch.Tensor) -> torch.Tensor:
