@@ -29,7 +29,7 @@ DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
 
 def add_fit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Options shared by ``fit`` and by ``stylize`` when it fits on the fly."""
-    parser.add_argument("--iterations", type=int, default=200, help="optimiser steps (default: %(default)s)")
+    parser.add_argument("--iterations", type=int, default=FitSettings.iterations, help="optimiser steps (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate, halved every 100 steps (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model init and the random crops/masks (default: %(default)s)")
     parser.add_argument(
@@ -123,7 +123,9 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE) -> FitResult:
         result = fit_style(start, content, style, vae.encode, decode, image_encoder, settings, report, vgg=vgg, device=device)
     finally:
         bar.close()
-    result.style_mamba.training.update(source_text=args.source, vae=args.vae, content_files=[p.name for p in args.images])
+    result.style_mamba.training.update(
+        source_text=args.source, vae=args.vae, content_files=[p.name for p in args.images], seconds=round(result.seconds, 2)
+    )
     return result
 
 

@@ -41,12 +41,15 @@ FitCallback = Callable[[int, float, "torch.Tensor | None"], bool]
 class FitSettings:
     """Everything that shapes a fit besides the data; recorded in the checkpoint's metadata.
 
-    Defaults follow CLIPstyler (Adam 5e-4 halved every 100 steps, 200 steps). The content term
+    Optimiser defaults follow CLIPstyler (Adam 5e-4 halved every 100 steps); the step count is
+    StyleMamba's claim of 5× fewer iterations than CLIPstyler's 200, because on CPU one fit step costs
+    1.8–3× a CLIPstyler step (the VAE decode dominates, benchmarks/results/fit-cpu.md): at 200 steps the
+    fit would be slower than the baseline it is meant to beat. Raise it for a stronger style. The content term
     defaults to latent L2 because it needs no extra weights; ``vgg`` needs ``vgg`` passed to
     ``fit_style`` (CLIPstyler's choice, weights supplied by the user).
     """
 
-    iterations: int = 200
+    iterations: int = 40
     lr: float = 5e-4
     lr_halving_steps: int = 100
     seed: int = 0
