@@ -16,6 +16,7 @@ import torch
 from .atomic import write_atomically
 from .config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
 from .model import StyleFusionModel, latent_channel_mismatch
+from .state_dicts import state_dict_problems
 
 FORMAT = "stylemamba"
 FORMAT_VERSION = 1
@@ -136,16 +137,8 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         tensors = load_file(str(path), device=str(device))
     except Exception as error:
         raise CheckpointError(f"{path.name}: tensor data unreadable (truncated download?): {error}") from error
-    expected = model.state_dict()
-    problems = [f"missing {k}" for k in sorted(set(expected) - set(tensors))]
-    problems += [f"unexpected {k}" for k in sorted(set(tensors) - set(expected))]
-    problems += [
-        f"{k}: stored shape {tuple(tensors[k].shape)} but config gives {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
+    problems = state_dict_problems(model.state_dict(), tensors)
     if problems:
-        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-        raise CheckpointError(f"{path.name} does not match its own config: {shown}")
+        raise CheckpointError(f"{path.name} does not match its own config: {problems}")
     model.load_state_dict(tensors)
     return StyleMamba(model=model.to(device).eval(), text_encoder=text_encoder, training=training, source=str(path))

@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .state_dicts import state_dict_problems
+
 #: Output channels per conv, "M" for 2×2 max pooling: torchvision's configuration "E" (VGG-19).
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")
 
@@ -107,17 +109,10 @@ def load_vgg19(path: str | os.PathLike, device: torch.device | str = "cpu") -> V
             f"{Path(path).name} has no 'features.N.weight' keys (found e.g. {sorted(state)[:3]}): "
             "expected a torchvision vgg19 state dict"
         )
-    problems = [f"missing {k}" for k in sorted(set(expected) - set(features))]
-    problems += [f"unexpected {k}" for k in sorted(set(features) - set(expected))]
-    problems += [
-        f"{k}: file has shape {tuple(features[k].shape)}, VGG-19 needs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in features and features[k].shape != v.shape
-    ]
+    problems = state_dict_problems(expected, features, shown=6)
     if problems:
-        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
         raise VGGWeightsError(
-            f"{Path(path).name} is not torchvision's VGG-19 layout (vgg19, not vgg16 or vgg19_bn): {shown}"
+            f"{Path(path).name} is not torchvision's VGG-19 layout (vgg19, not vgg16 or vgg19_bn): {problems}"
         )
     model.load_state_dict({k: v.float() for k, v in features.items()})
     return model.to(device).eval().requires_grad_(False)

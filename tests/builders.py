@@ -26,3 +26,16 @@ def trained_like(config: StyleMambaConfig, seed: int = 0) -> StyleFusionModel:
             layer.weight.normal_(std=0.2)
             layer.bias.normal_(std=0.2)
     return model
+
+
+def word_level_tokenizer(words: list[str], max_length: int = 16):
+    """A fast tokenizer over a fixed word list (<pad> 0, <unk> 1, </s> 2), savable like a hub tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    tokenizer.model_max_length = max_length
+    return tokenizer

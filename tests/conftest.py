@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from builders import word_level_tokenizer
+
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 TINY_EMBED_DIM = 32
 TINY_WORDS = "a an the photo of in style painting oil by van gogh watercolor sketch rendering picture artwork pencil".split()
@@ -14,18 +16,13 @@ TINY_WORDS = "a an the photo of in style painting oil by van gogh watercolor ske
 
 def build_tiny_siglip(folder: Path) -> Path:
     """A 2-layer SigLIP with a word-level tokenizer, saved like a hub folder (config, weights, tokenizer)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, SiglipConfig, SiglipModel
+    from transformers import SiglipConfig, SiglipModel
 
-    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(TINY_WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
-    tokenizer.model_max_length = 16
+    tokenizer = word_level_tokenizer(TINY_WORDS)
     torch.manual_seed(0)
     config = SiglipConfig(
         text_config=dict(
-            vocab_size=len(vocab), hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=len(tokenizer), hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, eos_token_id=2, bos_token_id=2,
         ),
         vision_config=dict(

@@ -124,7 +124,7 @@ def test_weights_that_do_not_match_the_config_are_listed(tmp_path, trained):
     message = str(error.value)
     assert "missing head.bias" in message
     assert "unexpected extra.weight" in message
-    assert "stem.weight: stored shape (3, 3) but config gives (16, 4, 2, 2)" in message
+    assert "stem.weight: file has shape (3, 3), expected (16, 4, 2, 2)" in message
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder, TextEncoder
+from builders import word_level_tokenizer
 from comfyui_stylemamba.stylemamba.metrics import OpenAIClip, cosine_scores, gaussian_window, siglip_clip_score, ssim
 
 CLIP_WORDS = "a an the photo of painting oil sketch pencil".split()
@@ -17,17 +18,13 @@ CLIP_WORDS = "a an the photo of painting oil sketch pencil".split()
 
 def build_tiny_clip(folder: Path) -> Path:
     """A 1-layer random CLIPModel with a word-level tokenizer, saved like a hub folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPConfig, CLIPModel, PreTrainedTokenizerFast
+    from transformers import CLIPConfig, CLIPModel
 
-    vocab = {"<pad>": 0, "<unk>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(CLIP_WORDS)}}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
+    tokenizer = word_level_tokenizer(CLIP_WORDS)
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
             max_position_embeddings=16, pad_token_id=0, bos_token_id=2, eos_token_id=2,
         ),
         vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8),
