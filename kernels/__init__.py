@@ -33,8 +33,9 @@ from typing import Callable
 import torch
 
 from .layout import DIRECTIONS
-from .reference import cross_scan_2d_reference, selective_scan_reference
-from .torch_backend import cross_scan_2d_torch, selective_scan_torch
+from .layout import cross_scan_by_copies
+from .reference import selective_scan_reference
+from .torch_backend import selective_scan_torch
 
 BACKENDS = ("auto", "reference", "torch", "triton", "mamba_ssm")
 
@@ -83,19 +84,25 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def _implementation(backend: str, device: torch.device, kind: str) -> Callable:
-    """The ``kind`` ('1d' or '2d') function of a resolved backend; GPU modules import only when chosen."""
+    """The ``kind`` ('1d' or '2d') function of a resolved backend; GPU modules import only when chosen.
+
+    Only Triton has a fused 2D kernel; every other backend runs the 2D scan as one grouped 1D call
+    over K re-ordered copies (``cross_scan_by_copies``).
+    """
     name = resolve_backend(backend, device)
-    if name == "reference":
-        return selective_scan_reference if kind == "1d" else cross_scan_2d_reference
-    if name == "torch":
-        return selective_scan_torch if kind == "1d" else cross_scan_2d_torch
     if name == "triton":
         from .triton_backend import cross_scan_2d_triton, selective_scan_triton
 
         return selective_scan_triton if kind == "1d" else cross_scan_2d_triton
-    from .mamba_backend import cross_scan_2d_mamba, selective_scan_mamba
+    if name == "reference":
+        scan_1d = selective_scan_reference
+    elif name == "torch":
+        scan_1d = selective_scan_torch
+    else:
+        from .mamba_backend import selective_scan_mamba
 
-    return selective_scan_mamba if kind == "1d" else cross_scan_2d_mamba
+        scan_1d = selective_scan_mamba
+    return scan_1d if kind == "1d" else functools.partial(cross_scan_by_copies, scan_1d)
 
 
 def selective_scan(

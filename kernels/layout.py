@@ -59,9 +59,9 @@ def cross_scan_by_copies(
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    D: torch.Tensor | None,
-    delta_bias: torch.Tensor | None,
-    delta_softplus: bool,
+    D: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
 ) -> torch.Tensor:
     """The K-direction 2D scan as one grouped 1D scan over K re-ordered copies, merged back.
 

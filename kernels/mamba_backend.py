@@ -7,7 +7,6 @@ from typing import Callable
 
 import torch
 
-from .layout import cross_scan_by_copies
 
 #: mamba-ssm indexes with int32 offsets; a call whose tensors reach 2**31 elements corrupts results
 #: (reported upstream), so larger batches are split into calls that stay below it.
@@ -83,17 +82,3 @@ def selective_scan_mamba(
     if not return_last_state:
         return torch.cat(outs)
     return torch.cat([o for o, _ in outs]), torch.cat([s for _, s in outs])
-
-
-def cross_scan_2d_mamba(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """K re-ordered copies of u in one grouped call: u as (b, K·dim, L), B/C as (b, K, n, L)."""
-    return cross_scan_by_copies(selective_scan_mamba, u, delta, A, B, C, D, delta_bias, delta_softplus)

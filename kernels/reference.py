@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .layout import cross_scan_by_copies, expand_groups
+from .layout import expand_groups
 
 
 def prepare_delta(delta: torch.Tensor, delta_bias: torch.Tensor | None, delta_softplus: bool) -> torch.Tensor:
@@ -56,17 +56,3 @@ def selective_scan_reference(
     y = torch.stack(ys, dim=-1) if ys else uf.new_zeros(uf.shape)
     out = finish_output(y, u, D, z)
     return (out, state) if return_last_state else out
-
-
-def cross_scan_2d_reference(
-    u: torch.Tensor,
-    delta: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    D: torch.Tensor | None = None,
-    delta_bias: torch.Tensor | None = None,
-    delta_softplus: bool = True,
-) -> torch.Tensor:
-    """Four explicit re-ordered copies, one grouped sequential scan, merged back: the layout truth."""
-    return cross_scan_by_copies(selective_scan_reference, u, delta, A, B, C, D, delta_bias, delta_softplus)

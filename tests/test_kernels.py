@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from comfyui_stylemamba import kernels
 from comfyui_stylemamba.kernels import cross_scan_2d, resolve_backend, selective_scan
 from comfyui_stylemamba.kernels import mamba_backend
+from comfyui_stylemamba.kernels.layout import cross_scan_by_copies
 from comfyui_stylemamba.kernels.reference import selective_scan_reference
 
 
@@ -251,7 +252,7 @@ def test_mamba_backend_forwards_every_option(monkeypatch, with_cu_seqlens):
 def test_mamba_cross_scan_uses_grouped_copies(monkeypatch):
     calls = _fake_mamba(monkeypatch, with_cu_seqlens=False)
     x = make_2d(2, 3, 4, 3, 5, 4)
-    out = mamba_backend.cross_scan_2d_mamba(**x)
+    out = cross_scan_by_copies(mamba_backend.selective_scan_mamba, **x)
     torch.testing.assert_close(out, explicit_cross_scan(x), rtol=1e-5, atol=1e-5)
     assert calls == [dict(u=(2, 4 * 3, 15), B=(2, 4, 4, 15), D=calls[0]["D"])]
     assert calls[0]["D"].shape == (4 * 3,)
