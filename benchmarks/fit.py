@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba
-from comfyui_stylemamba.stylemamba.clipstyler import ClipStylerSettings, StyleNet, clipstyler_losses, train_clipstyler
+from comfyui_stylemamba.stylemamba.training.clipstyler import ClipStylerSettings, StyleNet, clipstyler_losses, train_clipstyler
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder, TextEncoder
-from comfyui_stylemamba.stylemamba.fit import FitSettings, StyleObjective, fit_style
+from comfyui_stylemamba.stylemamba.training.fit import FitSettings, StyleObjective, fit_style
 from comfyui_stylemamba.stylemamba.images import load_image
-from comfyui_stylemamba.stylemamba.losses import LossWeights
+from comfyui_stylemamba.stylemamba.training.losses import LossWeights
 from comfyui_stylemamba.stylemamba.style import StyleEmbedding, encode_text_style
-from comfyui_stylemamba.stylemamba.taesd import load_tiny_autoencoder
+from comfyui_stylemamba.stylemamba.training.taesd import load_tiny_autoencoder
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 

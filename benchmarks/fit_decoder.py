@@ -26,10 +26,10 @@ import torch
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
-from comfyui_stylemamba.stylemamba.fit import FitSettings, fit_style
-from comfyui_stylemamba.stylemamba.losses import LossWeights
-from comfyui_stylemamba.stylemamba.metrics import ssim
-from comfyui_stylemamba.stylemamba.taesd import FAMILIES, TinyAutoencoder, build_decoder, build_encoder, load_tiny_autoencoder
+from comfyui_stylemamba.stylemamba.training.fit import FitSettings, fit_style
+from comfyui_stylemamba.stylemamba.training.losses import LossWeights
+from comfyui_stylemamba.stylemamba.training.metrics import ssim
+from comfyui_stylemamba.stylemamba.training.taesd import FAMILIES, TinyAutoencoder, build_decoder, build_encoder, load_tiny_autoencoder
 from comfyui_stylemamba.stylemamba.vae import DiffusersVAE
 from fit import ASSETS, StepTimer, load_content, random_siglip, random_style
 

@@ -18,9 +18,9 @@ from tqdm import tqdm
 from ..stylemamba.checkpoint import StyleMamba, new_style_mamba, save_checkpoint
 from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
 from ..stylemamba.encoders import load_image_encoder, load_text_encoder
-from ..stylemamba.fit import FitSettings, fit_resolution, fit_style
+from ..stylemamba.training.fit import FitSettings, fit_resolution, fit_style
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
-from ..stylemamba.taesd import find_pair, load_tiny_autoencoder
+from ..stylemamba.training.taesd import find_pair, load_tiny_autoencoder
 from . import comfy_bridge
 
 CATEGORY = "style_transfer/StyleMamba"

@@ -24,7 +24,47 @@ def imports_of(path: Path) -> list[tuple[int, str, int]]:
 
 
 def package_files(package: str) -> list[Path]:
-    return sorted((ROOT / package).glob("*.py"))
+    """Every module of a package folder, sub-packages included (e.g. ``stylemamba/training``)."""
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+def resolve(path: Path, level: int, module: str) -> str:
+    """A relative import as a path-like name from the repository root, e.g. ``stylemamba/training/fit``."""
+    base = path.parent
+    for _ in range(level - 1):
+        base = base.parent
+    return "/".join([*base.relative_to(ROOT).parts, *filter(None, module.split("."))])
+
+
+def layer_of(name: str) -> str:
+    """Which layer a module belongs to: the model core, training, cli, stylestudio, kernels or nodes."""
+    parts = name.split("/")
+    if parts[0] == "stylemamba" and len(parts) > 1 and parts[1] in ("training", "cli"):
+        return parts[1]
+    return parts[0]
+
+
+#: Which layers each layer may import (data flows node → cli/training → core → kernels, never back).
+ALLOWED = {
+    "kernels": {"kernels"},
+    "stylemamba": {"stylemamba", "kernels"},
+    "stylestudio": {"stylestudio"},
+    "training": {"training", "stylemamba", "kernels"},
+    "cli": {"cli", "training", "stylemamba", "kernels"},
+    "nodes": {"nodes", "training", "stylemamba", "stylestudio", "kernels"},
+}
+
+
+@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "kernels", "nodes"])
+def test_layers_import_only_downwards(package):
+    """The model core never imports training or the CLI, training never imports the CLI, nothing imports nodes."""
+    for path in package_files(package):
+        own = layer_of("/".join(path.relative_to(ROOT).with_suffix("").parts))
+        for level, module, line in imports_of(path):
+            if level == 0:
+                continue
+            target = layer_of(resolve(path, level, module))
+            assert target in ALLOWED[own], f"{path.relative_to(ROOT)}:{line} ({own}) imports {module!r} ({target})"
 
 
 @pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "kernels"])
@@ -40,6 +80,15 @@ def test_kernels_import_nothing_above_them():
     for path in package_files("kernels"):
         for level, module, line in imports_of(path):
             assert level <= 1, f"kernels/{path.name}:{line} imports from {'.' * level}{module}"
+
+
+def test_model_core_is_split_from_training_and_cli():
+    """A newcomer finds the model core, training and the command line in their own folders."""
+    core = {p.stem for p in (ROOT / "stylemamba").glob("*.py")}
+    assert {"config", "model", "checkpoint", "encoders", "style", "stylize"} <= core
+    assert not core & {"losses", "fit", "train", "metrics", "vgg", "taesd", "clipstyler"}
+    assert not any(name.startswith("cli") for name in core)
+    assert {p.stem for p in (ROOT / "stylemamba" / "training").glob("*.py")} >= {"losses", "fit", "train", "metrics"}
 
 
 def test_nodes_import_comfy_only_lazily():
@@ -63,7 +112,8 @@ def test_only_one_import_name_is_installed():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     assert config["package-dir"] == {"comfyui_stylemamba": "."}
     assert all(p == "comfyui_stylemamba" or p.startswith("comfyui_stylemamba.") for p in config["packages"])
-    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py") if p.parent.name not in ("tests",)}
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.rglob("*/__init__.py")
+               if p.parent.parts[len(ROOT.parts)] not in ("tests", "benchmarks", ".venv", "build")}
     listed = {p.split(".", 1)[1] for p in config["packages"] if "." in p}
     assert on_disk == listed, "every sub-package must be listed in pyproject.toml (and no other)"
 

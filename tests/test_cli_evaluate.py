@@ -10,11 +10,11 @@ import torch
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba, save_checkpoint
 from comfyui_stylemamba.stylemamba.cli import build_parser, main
-from comfyui_stylemamba.stylemamba.cli_evaluate import Score, markdown_table, read_styles, square
+from comfyui_stylemamba.stylemamba.cli.evaluate import Score, markdown_table, read_styles, square
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
 from comfyui_stylemamba.stylemamba.images import load_image, save_image
 from comfyui_stylemamba.stylemamba.vae import load_diffusers_vae
-from comfyui_stylemamba.stylemamba.vgg import VGG19Features
+from comfyui_stylemamba.stylemamba.training.vgg import VGG19Features
 
 from test_metrics import build_tiny_clip
 

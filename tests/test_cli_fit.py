@@ -10,7 +10,7 @@ import torch
 from comfyui_stylemamba.stylemamba.checkpoint import load_checkpoint, read_metadata
 from comfyui_stylemamba.stylemamba.cli import main
 from comfyui_stylemamba.stylemamba.images import load_image, save_image
-from comfyui_stylemamba.stylemamba.taesd import build_decoder
+from comfyui_stylemamba.stylemamba.training.taesd import build_decoder
 
 
 @pytest.fixture

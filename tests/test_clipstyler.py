@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_stylemamba.stylemamba.clipstyler import (
+from comfyui_stylemamba.stylemamba.training.clipstyler import (
     ClipStylerSettings,
     StyleNet,
     boost_contrast,
@@ -15,9 +15,9 @@ from comfyui_stylemamba.stylemamba.clipstyler import (
     train_clipstyler,
 )
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder, TextEncoder
-from comfyui_stylemamba.stylemamba.losses import LossWeights, total_variation_loss
+from comfyui_stylemamba.stylemamba.training.losses import LossWeights, total_variation_loss
 from comfyui_stylemamba.stylemamba.style import encode_text_style
-from comfyui_stylemamba.stylemamba.vgg import VGG19Features
+from comfyui_stylemamba.stylemamba.training.vgg import VGG19Features
 
 SMALL = LossWeights(num_crops=4, crop_size=16)
 

@@ -9,9 +9,9 @@ import torch
 
 from comfyui_stylemamba.stylemamba.checkpoint import load_checkpoint, new_style_mamba, save_checkpoint
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder
-from comfyui_stylemamba.stylemamba.fit import FitSettings, fit_style
+from comfyui_stylemamba.stylemamba.training.fit import FitSettings, fit_style
 from comfyui_stylemamba.stylemamba.images import load_image
-from comfyui_stylemamba.stylemamba.losses import LossWeights
+from comfyui_stylemamba.stylemamba.training.losses import LossWeights
 from comfyui_stylemamba.stylemamba.style import StyleEmbedding
 from comfyui_stylemamba.stylemamba.vae import load_diffusers_vae
 
@@ -127,8 +127,8 @@ def test_bad_settings_are_named(vae, image_encoder, style, content):
 
 def test_real_taef2_content_and_tv_fit_keeps_the_photo(shared_assets):
     """Only the content and TV terms: the latent path through a real autoencoder must keep the photo."""
-    from comfyui_stylemamba.stylemamba.metrics import ssim
-    from comfyui_stylemamba.stylemamba.taesd import load_tiny_autoencoder
+    from comfyui_stylemamba.stylemamba.training.metrics import ssim
+    from comfyui_stylemamba.stylemamba.training.taesd import load_tiny_autoencoder
 
     tae = load_tiny_autoencoder(shared_assets / "taef2" / "taef2_decoder.pth", shared_assets / "taef2" / "taef2_encoder.pth")
     photo = load_image(shared_assets / "images" / "flower.jpg")[..., 192:256, 192:256]

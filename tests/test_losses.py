@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_stylemamba.stylemamba import losses
+from comfyui_stylemamba.stylemamba.training import losses
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder
-from comfyui_stylemamba.stylemamba.vgg import CONV_LAYERS, VGG19Features, VGGWeightsError, load_vgg19
+from comfyui_stylemamba.stylemamba.training.vgg import CONV_LAYERS, VGG19Features, VGGWeightsError, load_vgg19
 
 
 class LinearEncoder:

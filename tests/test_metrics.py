@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder, TextEncoder
 from builders import word_level_tokenizer
-from comfyui_stylemamba.stylemamba.metrics import OpenAIClip, cosine_scores, gaussian_window, siglip_clip_score, ssim
+from comfyui_stylemamba.stylemamba.training.metrics import OpenAIClip, cosine_scores, gaussian_window, siglip_clip_score, ssim
 
 CLIP_WORDS = "a an the photo of painting oil sketch pencil".split()
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_stylemamba.stylemamba.images import load_image
-from comfyui_stylemamba.stylemamba.taesd import (
+from comfyui_stylemamba.stylemamba.training.taesd import (
     FAMILIES,
     TinyAutoencoder,
     TinyAutoencoderError,
@@ -121,7 +121,7 @@ def taef2(shared_assets):
 
 
 def test_real_taef2_round_trip_keeps_the_photo(taef2, shared_assets):
-    from comfyui_stylemamba.stylemamba.metrics import ssim
+    from comfyui_stylemamba.stylemamba.training.metrics import ssim
 
     assert taef2.family.name == "taef2" and taef2.latent_channels == 32
     assert any(".pool." in key for key in taef2.decoder.state_dict())

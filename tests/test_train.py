@@ -15,9 +15,9 @@ from PIL import Image
 
 from comfyui_stylemamba.stylemamba.checkpoint import load_checkpoint, read_metadata
 from comfyui_stylemamba.stylemamba.cli import main
-from comfyui_stylemamba.stylemamba.cli_train import read_styles
+from comfyui_stylemamba.stylemamba.cli.train import read_styles
 from comfyui_stylemamba.stylemamba.images import save_image
-from comfyui_stylemamba.stylemamba.train import draw_sample_grid, step_generator
+from comfyui_stylemamba.stylemamba.training.train import draw_sample_grid, step_generator
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import torch
 from comfyui_stylemamba.nodes import comfy_bridge, training_nodes
 from comfyui_stylemamba.nodes.training_nodes import FULL_VAE, SaveStyleMamba, TrainStyleMamba, preview_image
 from comfyui_stylemamba.stylemamba.checkpoint import load_checkpoint, new_style_mamba, read_metadata
-from comfyui_stylemamba.stylemamba.taesd import build_decoder
+from comfyui_stylemamba.stylemamba.training.taesd import build_decoder
 
 from builders import tiny_config
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import cli_evaluate, cli_fit, cli_stylize, cli_train
+from . import evaluate, fit, stylize, train
 
 #: Sub-command modules; each has ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-COMMANDS = {"stylize": cli_stylize, "fit": cli_fit, "train": cli_train, "evaluate": cli_evaluate}
+COMMANDS = {"stylize": stylize, "fit": fit, "train": train, "evaluate": evaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,14 +8,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint
-from .cli_fit import DEFAULT_VAE, add_fit_arguments, fit_checkpoint
-from .config import DEFAULT_TEXT_ENCODER
-from .encoders import TextEncoder
-from .images import load_image, save_image
-from .style import DEFAULT_SOURCE_TEXT, encode_text_style
-from .stylize import stylize_latents
-from .vae import load_diffusers_vae, pad_to_multiple
+from ..checkpoint import load_checkpoint, save_checkpoint
+from .fit import DEFAULT_VAE, add_fit_arguments, fit_checkpoint
+from ..config import DEFAULT_TEXT_ENCODER
+from ..encoders import TextEncoder
+from ..images import load_image, save_image
+from ..style import DEFAULT_SOURCE_TEXT, encode_text_style
+from ..stylize import stylize_latents
+from ..vae import load_diffusers_vae, pad_to_multiple
 
 HELP = "Restyle images with a StyleMamba checkpoint and a text prompt."
 

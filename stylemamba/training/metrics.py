@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .encoders import ImageEncoder, TextEncoder
+from ..encoders import ImageEncoder, TextEncoder
 
 #: OpenAI CLIP's preprocessing statistics, used when a model folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -26,9 +26,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .atomic import write_atomically
-from .checkpoint import StyleMamba, load_checkpoint, save_checkpoint
-from .encoders import ImageEncoder
+from ..atomic import write_atomically
+from ..checkpoint import StyleMamba, load_checkpoint, save_checkpoint
+from ..encoders import ImageEncoder
 from .losses import LossWeights, directional_loss, latent_content_loss, masked_directional_loss, patch_directional_loss, total_variation_loss
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .encoders import ImageEncoder
+    from ..encoders import ImageEncoder
     from .vgg import VGG19Features
 
 

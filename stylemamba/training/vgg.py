@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .state_dicts import state_dict_problems
+from ..state_dicts import state_dict_problems
 
 #: Output channels per conv, "M" for 2×2 max pooling: torchvision's configuration "E" (VGG-19).
 VGG19_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M")

@@ -12,14 +12,14 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, new_style_mamba, save_checkpoint
-from .config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
-from .encoders import ImageEncoder, TextEncoder
-from .fit import CONTENT_LOSSES, FitResult, FitSettings, fit_resolution, fit_style
-from .images import load_image
-from .style import DEFAULT_SOURCE_TEXT, encode_text_style
-from .taesd import FAMILIES, find_pair, load_tiny_autoencoder
-from .vae import DiffusersVAE, load_diffusers_vae
+from ..checkpoint import load_checkpoint, new_style_mamba, save_checkpoint
+from ..config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..encoders import ImageEncoder, TextEncoder
+from ..training.fit import CONTENT_LOSSES, FitResult, FitSettings, fit_resolution, fit_style
+from ..images import load_image
+from ..style import DEFAULT_SOURCE_TEXT, encode_text_style
+from ..training.taesd import FAMILIES, find_pair, load_tiny_autoencoder
+from ..vae import DiffusersVAE, load_diffusers_vae
 
 HELP = "Fit a StyleMamba checkpoint to one style text on a few content images."
 
@@ -102,7 +102,7 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE) -> FitResult:
     image_encoder = ImageEncoder.from_pretrained(args.text_encoder)
     vgg = None
     if settings.content_loss == "vgg":
-        from .vgg import load_vgg19
+        from ..training.vgg import load_vgg19
 
         vgg = load_vgg19(args.vgg_weights, device)
     if getattr(args, "start", None):

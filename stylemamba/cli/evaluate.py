@@ -19,16 +19,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import StyleMamba, load_checkpoint
-from .clipstyler import ClipStylerSettings, synchronize, train_clipstyler
-from .encoders import ImageEncoder, TextEncoder
-from .images import list_images, load_image, save_image
-from .losses import vgg_content_loss
-from .metrics import OpenAIClip, siglip_clip_score, ssim
-from .style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
-from .stylize import stylize_latents
-from .vae import DiffusersVAE, load_diffusers_vae, pad_to_multiple
-from .vgg import VGG19Features, load_vgg19
+from ..checkpoint import StyleMamba, load_checkpoint
+from ..training.clipstyler import ClipStylerSettings, synchronize, train_clipstyler
+from ..encoders import ImageEncoder, TextEncoder
+from ..images import list_images, load_image, save_image
+from ..training.losses import vgg_content_loss
+from ..training.metrics import OpenAIClip, siglip_clip_score, ssim
+from ..style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
+from ..stylize import stylize_latents
+from ..vae import DiffusersVAE, load_diffusers_vae, pad_to_multiple
+from ..training.vgg import VGG19Features, load_vgg19
 
 HELP = "Score a StyleMamba checkpoint (and the CLIPstyler baseline) on images × style prompts: markdown table + PNG grid."
 

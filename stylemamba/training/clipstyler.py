@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoders import ImageEncoder
+from ..encoders import ImageEncoder
 from .metrics import luminance
 from .losses import LossWeights, directional_loss, patch_directional_loss, total_variation_loss, vgg_content_loss
-from .style import StyleEmbedding
+from ..style import StyleEmbedding
 from .vgg import VGG19Features
 
 

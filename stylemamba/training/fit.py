@@ -15,8 +15,8 @@ from typing import Callable
 
 import torch
 
-from .checkpoint import StyleMamba
-from .encoders import ImageEncoder
+from ..checkpoint import StyleMamba
+from ..encoders import ImageEncoder
 from .losses import (
     LossWeights,
     SecondOrderDirectionalLoss,
@@ -28,7 +28,7 @@ from .losses import (
     total_variation_loss,
     vgg_content_loss,
 )
-from .style import StyleEmbedding
+from ..style import StyleEmbedding
 
 CONTENT_LOSSES = ("latent", "siglip", "vgg")
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .checkpoint import load_checkpoint, new_style_mamba
-from .cli_fit import DEFAULT_VAE, training_decoder
-from .config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
-from .encoders import ImageEncoder, TextEncoder
-from .images import list_images, load_image
-from .losses import LossWeights
-from .taesd import FAMILIES
-from .train import PRECISIONS, Trainer, TrainingData, TrainSettings, init_distributed, latest_checkpoint
-from .vae import DiffusersVAE, load_diffusers_vae
+from ..checkpoint import load_checkpoint, new_style_mamba
+from .fit import DEFAULT_VAE, training_decoder
+from ..config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..encoders import ImageEncoder, TextEncoder
+from ..images import list_images, load_image
+from ..training.losses import LossWeights
+from ..training.taesd import FAMILIES
+from ..training.train import PRECISIONS, Trainer, TrainingData, TrainSettings, init_distributed, latest_checkpoint
+from ..vae import DiffusersVAE, load_diffusers_vae
 
 HELP = "Train one StyleMamba model over many style prompts (multi-GPU with torchrun)."
 
