@@ -10,8 +10,14 @@ random weights: ``--encoder tiny`` (2 layers, 32 px, 32-d: isolates everything b
 or ``--encoder base`` (SigLIP-base/16-224's exact shape: the real per-step compute). Random
 weights change the loss values, not the time per step. ``--siglip FOLDER`` uses real weights.
 
+``--decoder`` picks what the fit decodes through: the real TAEF2 (default), an SD-VAE-sized
+AutoencoderKL (random weights: SD's exact decoder compute) or its TAESD-shaped tiny proxy. On a
+GPU the per-step and whole-fit figures are wall-clock (the device drained at each step's loss);
+on a CPU they are process CPU time, which other jobs on a shared machine do not stretch.
+
     python benchmarks/fit.py                                  # tiny encoder, 256 px, CPU
     python benchmarks/fit.py --encoder base --iterations 3    # real SigLIP-base cost per step
+    python benchmarks/fit.py --device cuda --size 512 --encoder base --decoder sd-vae
 """
 
 from __future__ import annotations
@@ -28,19 +34,65 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba
-from comfyui_stylemamba.stylemamba.training.clipstyler import ClipStylerSettings, StyleNet, clipstyler_losses, train_clipstyler
+from comfyui_stylemamba.stylemamba.training.clipstyler import (
+    ClipStylerSettings, StyleNet, clipstyler_losses, synchronize, train_clipstyler,
+)
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
 from comfyui_stylemamba.stylemamba.encoders import ImageEncoder, TextEncoder
 from comfyui_stylemamba.stylemamba.training.fit import FitSettings, StyleObjective, fit_style
-from comfyui_stylemamba.stylemamba.images import load_image
+from comfyui_stylemamba.stylemamba.images import load_image, square
 from comfyui_stylemamba.stylemamba.training.losses import LossWeights
 from comfyui_stylemamba.stylemamba.style import StyleEmbedding, encode_text_style
-from comfyui_stylemamba.stylemamba.training.taesd import load_tiny_autoencoder
+from comfyui_stylemamba.stylemamba.training.taesd import (
+    FAMILIES, TinyAutoencoder, build_decoder, build_encoder, load_tiny_autoencoder,
+)
+from comfyui_stylemamba.stylemamba.vae import DiffusersVAE
 
 ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
 
 #: Vision-tower shapes of the random SigLIPs: (hidden, intermediate, layers, heads, image size, patch).
 ENCODERS = {"tiny": (32, 64, 2, 2, 32, 8), "base": (768, 3072, 12, 12, 224, 16)}
+
+#: Full-VAE shapes (diffusers AutoencoderKL arguments) of the two latent families.
+FULL_VAES = {
+    "sd15": dict(latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2),
+    "flux2": dict(latent_channels=32, block_out_channels=(128, 256, 512, 512), layers_per_block=2),
+}
+
+#: ``--decoder`` choices: what each one is, for the printed header.
+DECODERS = {
+    "taef2": "TAEF2 (real weights, 32-channel Flux.2 latents)",
+    "sd-vae": "AutoencoderKL at SD's VAE shape (random weights, 4-channel latents)",
+    "taesd": "TAESD-shaped tiny autoencoder (random weights, 4-channel latents), the SD VAE's fast proxy",
+}
+
+
+def full_vae(family: str) -> DiffusersVAE:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    blocks = len(FULL_VAES[family]["block_out_channels"])
+    model = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks, **FULL_VAES[family]
+    )
+    return DiffusersVAE(f"random AutoencoderKL ({family} shape)", model.eval().requires_grad_(False))
+
+
+def tiny_autoencoder(family: str, taef2: Path = ASSETS / "taef2") -> TinyAutoencoder:
+    """TAEF2 with its real weights from ``taef2``, or a TAESD-shaped one with random weights for SD."""
+    if family == "flux2":
+        return load_tiny_autoencoder(taef2 / "taef2_decoder.pth", taef2 / "taef2_encoder.pth")
+    torch.manual_seed(0)
+    return TinyAutoencoder(FAMILIES["taesd"], build_decoder(4).eval(), build_encoder(4).eval()).requires_grad_(False)
+
+
+def load_decoder(kind: str, taef2: Path, device: str) -> TinyAutoencoder | DiffusersVAE:
+    """The autoencoder a ``--decoder`` choice names, on ``device``: encodes the content, decodes every step."""
+    if kind == "sd-vae":
+        vae = full_vae("sd15")
+        vae.model.to(device)
+        return vae
+    return tiny_autoencoder("flux2" if kind == "taef2" else "sd15", taef2).to(device)
 
 
 def random_siglip(kind: str) -> ImageEncoder:
@@ -89,18 +141,23 @@ class StepTimer:
         return (self.wall[-1] - self.wall[0]) / steps, (self.cpu[-1] - self.cpu[0]) / steps
 
 
-def forward_backward_seconds(run, repeats: int = 3) -> float:
-    """Median process-CPU seconds of ``run().sum().backward()``: one differentiable stage's cost per step."""
+def forward_backward_seconds(run, device: str, repeats: int = 3) -> float:
+    """Median seconds of ``run().sum().backward()``, one differentiable stage's cost per step: process
+    CPU time on a CPU, wall time with the device drained on a GPU (where CPU time only counts launches)."""
+    cuda = torch.device(device).type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
     times = []
     for _ in range(repeats):
-        start = time.process_time()
+        synchronize(device)
+        start = clock()
         run().sum().backward()
-        times.append(time.process_time() - start)
+        synchronize(device)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
 def stage_costs(
-    config: StyleMambaConfig, tae, image_encoder: ImageEncoder, style: StyleEmbedding, content: torch.Tensor,
+    config: StyleMambaConfig, tae, decoder: str, image_encoder: ImageEncoder, style: StyleEmbedding, content: torch.Tensor,
     weights: LossWeights, device: str,
 ) -> dict[str, float]:
     """Where a step's time goes: each differentiable stage of both methods timed on its own."""
@@ -116,22 +173,19 @@ def stage_costs(
     generator = torch.Generator().manual_seed(0)
     direction = style.direction.to(device)
     return {
-        "StyleMamba fusion model": forward_backward_seconds(lambda: model(latents, condition)),
-        "StyleMamba TAEF2 decode": forward_backward_seconds(lambda: tae.decode(latents)),
-        "StyleMamba losses": forward_backward_seconds(lambda: objective(latents, images, generator)["total"]),
-        "CLIPstyler StyleNet": forward_backward_seconds(lambda: net(content)),
+        "StyleMamba fusion model": forward_backward_seconds(lambda: model(latents, condition), device),
+        f"StyleMamba {decoder} decode": forward_backward_seconds(lambda: tae.decode(latents), device),
+        "StyleMamba losses": forward_backward_seconds(lambda: objective(latents, images, generator)["total"], device),
+        "CLIPstyler StyleNet": forward_backward_seconds(lambda: net(content), device),
         "CLIPstyler losses": forward_backward_seconds(
-            lambda: sum(clipstyler_losses(images, content, features, direction, image_encoder, weights, None, generator).values())
+            lambda: clipstyler_losses(images, content, features, direction, image_encoder, weights, None, generator)["total"],
+            device,
         ),
     }
 
 
 def load_content(path: Path, size: int) -> torch.Tensor:
-    image = load_image(path)
-    side = min(image.shape[-2:])
-    top, left = (image.shape[-2] - side) // 2, (image.shape[-1] - side) // 2
-    square = image[..., top : top + side, left : left + side]
-    return F.interpolate(square, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return square(load_image(path), size)
 
 
 def main() -> None:
@@ -146,6 +200,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=StyleMambaConfig.width, help="fusion model width (default: %(default)s)")
     parser.add_argument("--depth", type=int, default=StyleMambaConfig.depth, help="fusion model depth (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--decoder", choices=tuple(DECODERS), default="taef2", help="what the fit decodes through (default: %(default)s)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     if args.threads is not None:
@@ -156,7 +211,8 @@ def main() -> None:
         parser.error("--iterations must be at least 2 (one warm-up step is not timed)")
     if args.size < 32 or args.size % 8:
         parser.error(f"--size must be a multiple of 8 and at least 32, got {args.size}")
-    for needed in (args.image, args.taef2 / "taef2_encoder.pth", args.taef2 / "taef2_decoder.pth"):
+    taef2_files = (args.taef2 / "taef2_encoder.pth", args.taef2 / "taef2_decoder.pth") if args.decoder == "taef2" else ()
+    for needed in (args.image, *taef2_files):
         if not needed.is_file():
             parser.error(f"{needed} not found (the shared assets live in ../shared/assets)")
 
@@ -166,7 +222,7 @@ def main() -> None:
     style = encode_text_style(TextEncoder.from_pretrained(args.siglip), args.style) if args.siglip else random_style(
         image_encoder.model.config.hidden_size
     )
-    tae = load_tiny_autoencoder(args.taef2 / "taef2_decoder.pth", args.taef2 / "taef2_encoder.pth").to(device)
+    tae = load_decoder(args.decoder, args.taef2, device)
     content = load_content(args.image, args.size).to(device)
     weights = LossWeights()
 
@@ -174,7 +230,7 @@ def main() -> None:
     timer = StepTimer(args.iterations, "StyleMamba fit")
     fit_style(
         new_style_mamba(config), content, style, tae.encode, tae.decode, image_encoder,
-        FitSettings(iterations=args.iterations, weights=weights, train_decoder="taef2"), callback=timer, device=device,
+        FitSettings(iterations=args.iterations, weights=weights, train_decoder=args.decoder), callback=timer, device=device,
     )
     stylemamba_wall, stylemamba_cpu = timer.seconds_per_iteration()
 
@@ -182,22 +238,27 @@ def main() -> None:
     train_clipstyler(content, style, image_encoder, ClipStylerSettings(iterations=args.iterations, weights=weights), progress=timer)
     clipstyler_wall, clipstyler_cpu = timer.seconds_per_iteration()
 
-    stages = stage_costs(config, tae, image_encoder, style, content, weights, device)
+    stages = stage_costs(config, tae, args.decoder, image_encoder, style, content, weights, device)
 
     fit_default, baseline_default = FitSettings().iterations, ClipStylerSettings().iterations
     print(f"date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, device {device}")
     print(f"content {args.image.name} at {args.size}² px, encoder {image_encoder.name}, StyleMamba width {args.width} depth {args.depth}, "
-          f"decoder TAEF2, {weights.num_crops} crops of {weights.crop_size} px, {args.iterations} iterations each")
-    print("| method | wall s/iteration | CPU s/iteration | iterations/s (CPU) | default iterations | CPU time to default (s) |")
+          f"decoder {DECODERS[args.decoder]}, {weights.num_crops} crops of {weights.crop_size} px, {args.iterations} iterations each")
+    # The robust clock: CPU time on a shared CPU machine, wall time on a GPU (CPU time there only counts launches).
+    clock = "wall" if torch.device(device).type == "cuda" else "CPU"
+    print(f"| method | wall s/iteration | CPU s/iteration | iterations/s ({clock}) | default iterations | {clock} time to default (s) |")
     print("|---|---|---|---|---|---|")
     rows = (("StyleMamba fit", stylemamba_wall, stylemamba_cpu, fit_default), ("CLIPstyler", clipstyler_wall, clipstyler_cpu, baseline_default))
+    robust = {}
     for name, wall, cpu, default in rows:
-        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {1 / cpu:.3f} | {default} | {default * cpu:.0f} |")
+        robust[name] = wall if clock == "wall" else cpu
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {1 / robust[name]:.3f} | {default} | {default * robust[name]:.1f} |")
     print(f"speed ratio StyleMamba / CLIPstyler (iterations/s): {clipstyler_cpu / stylemamba_cpu:.2f}× by CPU time, "
           f"{clipstyler_wall / stylemamba_wall:.2f}× by wall time")
-    print(f"time-to-default ratio CLIPstyler / StyleMamba (CPU): {baseline_default * clipstyler_cpu / (fit_default * stylemamba_cpu):.2f}×")
-    print("isolated stage costs, forward + backward, median of 3 (CPU s):")
+    print(f"time-to-default ratio CLIPstyler / StyleMamba ({clock}): "
+          f"{baseline_default * robust['CLIPstyler'] / (fit_default * robust['StyleMamba fit']):.2f}×")
+    print(f"isolated stage costs, forward + backward, median of 3 ({clock} s):")
     for name, seconds in stages.items():
         print(f"  {name}: {seconds:.2f}")
 

@@ -29,34 +29,7 @@ from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
 from comfyui_stylemamba.stylemamba.training.fit import FitSettings, fit_style
 from comfyui_stylemamba.stylemamba.training.losses import LossWeights
 from comfyui_stylemamba.stylemamba.training.metrics import ssim
-from comfyui_stylemamba.stylemamba.training.taesd import FAMILIES, TinyAutoencoder, build_decoder, build_encoder, load_tiny_autoencoder
-from comfyui_stylemamba.stylemamba.vae import DiffusersVAE
-from fit import ASSETS, StepTimer, load_content, random_siglip, random_style
-
-#: Full-VAE shapes (diffusers AutoencoderKL arguments) of the two families.
-FULL_VAES = {
-    "sd15": dict(latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2),
-    "flux2": dict(latent_channels=32, block_out_channels=(128, 256, 512, 512), layers_per_block=2),
-}
-
-
-def full_vae(family: str) -> DiffusersVAE:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    blocks = len(FULL_VAES[family]["block_out_channels"])
-    model = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * blocks, up_block_types=("UpDecoderBlock2D",) * blocks, **FULL_VAES[family]
-    )
-    return DiffusersVAE(f"random AutoencoderKL ({family} shape)", model.eval().requires_grad_(False))
-
-
-def tiny_autoencoder(family: str) -> TinyAutoencoder:
-    if family == "flux2":
-        folder = ASSETS / "taef2"
-        return load_tiny_autoencoder(folder / "taef2_decoder.pth", folder / "taef2_encoder.pth")
-    torch.manual_seed(0)
-    return TinyAutoencoder(FAMILIES["taesd"], build_decoder(4).eval(), build_encoder(4).eval()).requires_grad_(False)
+from fit import ASSETS, FULL_VAES, StepTimer, full_vae, load_content, random_siglip, random_style, tiny_autoencoder
 
 
 def run_fit(encode, decode, content, image_encoder, style, channels: int, iterations: int, label: str) -> dict:
@@ -64,7 +37,7 @@ def run_fit(encode, decode, content, image_encoder, style, channels: int, iterat
     settings = FitSettings(iterations=iterations, lr=5e-3, weights=LossWeights(num_crops=8, crop_size=128))
     timer = StepTimer(iterations, label)
     result = fit_style(model, content, style, encode, decode, image_encoder, settings, timer)
-    speed = timer.iterations_per_second()
+    speed = 1 / timer.seconds_per_iteration()[1]  # iterations per CPU second
     with torch.no_grad():
         final = decode(result.style_mamba.model(encode(content), style.target))
     return {

@@ -8,8 +8,14 @@ forward's achieved bytes/s (bytes of u, Δ, B, C, z read and y written; ``--peak
 fraction of the memory-bandwidth peak). On CPU the peak memory is the resident-set growth of one call,
 allocator slack included. The slow sequential baselines get ``--baseline-repeats`` runs.
 
+The same run measures the device-to-device copy bandwidth (``torch.Tensor.copy_`` of ``--copy-mib``,
+read + write bytes per second), the practical ceiling a scan's bytes/s is shown against. Each compiled
+backend passes its self-check before it is timed (one that fails is skipped, with the check's numbers);
+the check's cost is printed beside the first call and a steady call.
+
     python benchmarks/scan.py        # CPU default: 1D at L = 64² (the CPU target), 2D at the model's 32² grid
-    python benchmarks/scan.py --device cuda --grids-1d --grids-2d 32 64 128 --dim 512 --batch 2
+    python benchmarks/scan.py --device cuda --grids-1d --grids-2d 32 64 128 --dim 512 --batch 2 --dtype bfloat16
+    TRITON_INTERPRET=1 python benchmarks/scan.py --grids-1d --grids-2d 8 --dim 32 --backends torch triton  # CPU smoke run
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from comfyui_stylemamba.kernels import BACKENDS, cross_scan_2d, resolve_backend, selective_scan
+from comfyui_stylemamba.kernels import BACKENDS, cross_scan_2d, resolve_backend, selective_scan, self_check
 
 
 def sequential_loop(u, delta, A, B, C):
@@ -101,19 +107,22 @@ def run_with_peak(fn: Callable[[], None], device: torch.device) -> int | None:
     return (_status_kib("VmHWM") - base) * 1024
 
 
-def timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> tuple[float, int | None]:
-    """Median seconds over ``repeats`` after ``warmup`` calls (the first one also gives the peak memory)."""
-    peak = run_with_peak(fn, device)
+def seconds(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    """Wall seconds of one call, the device drained before and after, and what it returned."""
+    synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def timed(fn: Callable[[], None], device: torch.device, warmup: int, repeats: int) -> tuple[float, int | None, float]:
+    """Median seconds over ``repeats`` after ``warmup`` calls, plus the first call's peak memory and its
+    seconds (which include any kernel compilation)."""
+    first, peak = seconds(lambda: run_with_peak(fn, device), device)
     for _ in range(warmup - 1):
         fn()
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), peak
+    return statistics.median(seconds(fn, device)[0] for _ in range(repeats)), peak, first
 
 
 def measure(kind: str, backend: str, x: dict, device, warmup: int, repeats: int) -> dict:
@@ -127,41 +136,56 @@ def measure(kind: str, backend: str, x: dict, device, warmup: int, repeats: int)
         torch.autograd.grad(train().float().sum(), grad_inputs, allow_unused=True)
 
     with torch.no_grad():
-        fwd, fwd_mem = timed(forward, device, warmup, repeats)
+        fwd, fwd_mem, first = timed(forward, device, warmup, repeats)
     if backend == "loop":
-        return dict(fwd=fwd, both=None, fwd_mem=fwd_mem, both_mem=None)
-    both, both_mem = timed(forward_backward, device, warmup, repeats)
-    return dict(fwd=fwd, both=both, fwd_mem=fwd_mem, both_mem=both_mem)
+        return dict(fwd=fwd, both=None, fwd_mem=fwd_mem, both_mem=None, first=first)
+    both, both_mem, _ = timed(forward_backward, device, warmup, repeats)
+    return dict(fwd=fwd, both=both, fwd_mem=fwd_mem, both_mem=both_mem, first=first)
 
 
-def available(device: torch.device, wanted: list[str]) -> list[str]:
-    """The named backends that can run here, with why the others cannot."""
+def available(device: torch.device, dtype: torch.dtype, wanted: list[str]) -> list[str]:
+    """The named backends that can run here and passed their self-check (run now), with why the others not."""
     usable = []
     for name in wanted:
         try:
-            resolve_backend(name, device)
-        except RuntimeError as error:
+            resolve_backend(name, device, dtype)
+        except RuntimeError as error:  # unavailable, or SelfCheckError with the check's numbers
             tqdm.write(f"skipping {name}: {error}")
             continue
-        if name == "mamba_ssm":
-            from comfyui_stylemamba.kernels.mamba_backend import load_selective_scan_fn
-
-            try:
-                load_selective_scan_fn()
-            except RuntimeError as error:
-                tqdm.write(f"skipping {name}: {error}")
-                continue
         usable.append(name)
     return usable
+
+
+def copy_bandwidth(device: torch.device, mebibytes: int, repeats: int) -> float:
+    """Device-to-device copy GB/s (bytes read + written), median of ``repeats`` after one warm-up."""
+    source = torch.empty(mebibytes * 2**20, dtype=torch.uint8, device=device).fill_(1)
+    target = torch.empty_like(source)
+    target.copy_(source)
+    best = statistics.median(seconds(lambda: target.copy_(source), device)[0] for _ in range(repeats))
+    return 2 * source.numel() / best / 1e9
+
+
+def format_check_costs(rows: list[dict]) -> str:
+    """Each compiled backend's self-check beside its first and a steady call, at the largest case timed."""
+    lines = ["| backend | self-check | check s | first fwd call s | steady fwd ms | steady fwd+bwd ms | check / steady fwd+bwd |",
+             "|---|---|---|---|---|---|---|"]
+    for verdict in self_check.cached_verdicts():
+        timings = [r for r in rows if r["backend"] == verdict.backend]
+        if not timings:
+            continue
+        r = max(timings, key=lambda row: row["bytes"])
+        lines.append(f"| {verdict.backend} ({r['kind']} {r['grid']}²) | {verdict.finding()} | {verdict.seconds:.3f} "
+                     f"| {r['first']:.3f} | {r['fwd'] * 1e3:.2f} | {r['both'] * 1e3:.2f} | {verdict.seconds / r['both']:.0f}× |")
+    return "\n".join(lines) if len(lines) > 2 else "self-check: no compiled backend ran here, so none was checked"
 
 
 def mebibytes(size: int | None) -> str:
     return "–" if size is None else f"{max(size, 0) / 2**20:.0f}"
 
 
-def format_table(rows: list[dict], peak_gbs: float | None) -> str:
+def format_table(rows: list[dict], peak_gbs: float | None, copy_gbs: float) -> str:
     head = ("| scan | grid | backend | fwd ms | fwd+bwd ms | fwd peak MiB | fwd+bwd peak MiB | fwd × ref "
-            "| fwd+bwd × ref | fwd × loop | fwd GB/s |" + (" % of peak |" if peak_gbs else ""))
+            "| fwd+bwd × ref | fwd × loop | fwd GB/s | % of copy |" + (" % of peak |" if peak_gbs else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         ref, loop = r.get("ref"), r.get("loop")
@@ -170,7 +194,7 @@ def format_table(rows: list[dict], peak_gbs: float | None) -> str:
         cells = [r["kind"], f"{r['grid']}²", r["backend"], f"{r['fwd'] * 1e3:.1f}",
                  f"{both * 1e3:.1f}" if both else "–", mebibytes(r["fwd_mem"]), mebibytes(r["both_mem"]),
                  f"{ref['fwd'] / r['fwd']:.1f}" if ref else "–", f"{ref['both'] / both:.1f}" if ref and both else "–",
-                 f"{loop['fwd'] / r['fwd']:.1f}" if loop else "–", f"{gbs:.3g}"]
+                 f"{loop['fwd'] / r['fwd']:.1f}" if loop else "–", f"{gbs:.3g}", f"{100 * gbs / copy_gbs:.0f}"]
         if peak_gbs:
             cells.append(f"{100 * gbs / peak_gbs:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -196,12 +220,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-repeats", type=int, default=1,
                         help="timed runs of the slow sequential baselines (loop, reference)")
     parser.add_argument("--peak-gbs", type=float, default=None, help="device memory-bandwidth peak in GB/s")
+    parser.add_argument("--copy-mib", type=int, default=None,
+                        help="buffer copied to measure copy bandwidth (default: 1024 on CUDA, 256 elsewhere)")
     args = parser.parse_args(argv)
     if not args.grids_1d and not args.grids_2d:
         parser.error("nothing to time: give --grids-1d and/or --grids-2d sizes")
-    for name in ("grids_1d", "grids_2d", "dim", "batch", "d_state", "threads", "repeats", "baseline_repeats"):
+    for name in ("grids_1d", "grids_2d", "dim", "batch", "d_state", "threads", "repeats", "baseline_repeats", "copy_mib"):
         values = getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]
-        if values and min(values) < 1:
+        if values and values != [None] and min(values) < 1:
             parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
     if args.warmup < 1:
         parser.error(f"--warmup must be ≥ 1 (the first call measures peak memory), got {args.warmup}")
@@ -211,6 +237,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--device: {error}")
     if args.device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: this torch build or machine has no CUDA device")
+    if args.copy_mib is None:
+        args.copy_mib = 1024 if args.device.type == "cuda" else 256
     return args
 
 
@@ -218,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    backends = available(args.device, args.backends)
+    backends = available(args.device, dtype, args.backends)
+    copy_gbs = copy_bandwidth(args.device, args.copy_mib, max(args.repeats, 3))
     jobs = [("1d", grid, b) for grid in args.grids_1d for b in ["loop", *backends]]
     jobs += [("2d", grid, b) for grid in args.grids_2d for b in backends]
     rows, by_key = [], {}
@@ -237,12 +266,17 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
           f"batch {args.batch}, dim {args.dim}, d_state {args.d_state}, K {args.directions}, "
           f"median of {args.repeats} runs ({args.baseline_repeats} for loop/reference) after {args.warmup} warm-up")
-    print(format_table(rows, args.peak_gbs))
+    if args.device.type == "cuda":
+        print(f"# GPU {torch.cuda.get_device_name(args.device)}, CUDA {torch.version.cuda}")
+    print(f"device-to-device copy of {args.copy_mib} MiB: {copy_gbs:.3g} GB/s (read + write), the '% of copy' reference")
+    print(format_table(rows, args.peak_gbs, copy_gbs))
     for grid in args.grids_2d:
         triton, mamba = by_key.get(("2d", grid, "triton")), by_key.get(("2d", grid, "mamba_ssm"))
         if triton and mamba:
             print(f"{grid}² four-direction work: triton {mamba['fwd'] / triton['fwd']:.2f}× mamba_ssm forward, "
                   f"{mamba['both'] / triton['both']:.2f}× forward+backward")
+    print()
+    print(format_check_costs(rows))
 
 
 if __name__ == "__main__":

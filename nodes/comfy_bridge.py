@@ -1,4 +1,4 @@
-"""The one seam to ComfyUI: model folders, devices, progress and interrupts.
+"""The one seam to ComfyUI: model folders, devices and model management, progress and interrupts.
 
 Every ComfyUI import happens here, lazily, so the nodes import and unit-test without ComfyUI;
 outside ComfyUI each helper falls back to plain CPU behaviour.
@@ -6,18 +6,23 @@ outside ComfyUI each helper falls back to plain CPU behaviour.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import importlib
 import os
+import weakref
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
+from typing import Any, Literal
 
 import torch
 
 #: Model folders under ComfyUI/models that this pack adds (or extends), with the files each may hold
-#: ("folder" = a diffusers-style directory). ``ipadapter`` is shared with other IP-Adapter packs.
-MODEL_FOLDERS = {"stylemamba": {".safetensors"}, "siglip": {"folder"}, "ipadapter": {".safetensors", ".bin"}}
+#: ("folder" = a diffusers-style directory). ``ipadapter`` is shared with other IP-Adapter packs;
+#: ``vgg`` holds the user's torchvision VGG-19 state dict for TrainStyleMamba's style-statistics loss.
+MODEL_FOLDERS = {
+    "stylemamba": {".safetensors"}, "siglip": {"folder"}, "ipadapter": {".safetensors", ".bin"},
+    "vgg": {".pth", ".pt", ".safetensors"},
+}
 
 
 def _optional(module_name: str) -> ModuleType | None:
@@ -103,9 +108,7 @@ def resolve_encoder(name: str) -> str:
 
 def compute_device() -> torch.device:
     model_management = _optional("comfy.model_management")
-    if model_management is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return model_management.get_torch_device()
+    return torch.device("cpu") if model_management is None else model_management.get_torch_device()
 
 
 def offload_device() -> torch.device:
@@ -120,18 +123,75 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return None
 
 
-@contextlib.contextmanager
-def on_compute_device(module: torch.nn.Module) -> Iterator[torch.device]:
-    """Hold a module on the GPU only while it works, as ComfyUI does with its own models."""
-    device = compute_device()
-    module.to(device)
-    try:
-        yield device
-    finally:
-        module.to(offload_device())
-        model_management = _optional("comfy.model_management")
-        if model_management is not None:
-            model_management.soft_empty_cache()
+#: Which of ComfyUI's placements a managed module gets (see ``load_model``): "model" is ComfyUI's diffusion-model
+#: device in fp32 (StyleMamba); "text encoder" is ComfyUI's text-encoder device and dtype, which ComfyUI also gives
+#: its CLIP vision (either SigLIP tower, used without gradients); "differentiable encoder" is a SigLIP tower that a
+#: fit backpropagates through, on the compute device.
+ModelKind = Literal["model", "text encoder", "differentiable encoder"]
+
+#: id(owner) -> the ModelPatcher of the module it holds; an entry leaves with its owner (see ``load_model``).
+_PATCHERS: dict[int, Any] = {}
+
+
+class _Managed(torch.nn.Module):
+    """The module ComfyUI's ModelPatcher manages: it sets ``.device`` on its model, which transformers models refuse."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+@functools.cache
+def _managed_class(name: str) -> type[_Managed]:
+    """``_Managed`` named after the wrapped class, so ComfyUI's log says "Requested to load SiglipTextModel"."""
+    return type(name, (_Managed,), {})
+
+
+def load_model(owner: object, module: torch.nn.Module, kind: ModelKind = "model") -> torch.device:
+    """Put ``module`` on its device through ComfyUI's model management and return that device.
+
+    ComfyUI then counts its memory, keeps it loaded between prompts and unloads it when a diffusion
+    model needs the room, as it does with its own CLIP and VAE. ComfyUI knows a model by its
+    ``ModelPatcher``, so the patcher lives exactly as long as ``owner``, the object that holds the
+    module (the cached SigLIP, the STYLE_MAMBA value): a patcher made per call would leave the last
+    one behind as a "memory leak" in ComfyUI's list. Outside ComfyUI the module stays on the CPU.
+    """
+    model_management = _optional("comfy.model_management")
+    if model_management is None:
+        module.to("cpu")
+        return torch.device("cpu")
+    patcher = _PATCHERS.get(id(owner))
+    if patcher is None or patcher.model.module is not module:
+        patcher = _new_patcher(owner, module, kind, model_management)
+    model_management.load_models_gpu([patcher], force_full_load=True)  # plain torch modules cannot run half-loaded
+    return patcher.load_device
+
+
+def _new_patcher(owner: object, module: torch.nn.Module, kind: ModelKind, model_management: ModuleType) -> Any:
+    from comfy.model_patcher import ModelPatcher
+
+    if kind == "text encoder":
+        load, offload = model_management.text_encoder_device(), model_management.text_encoder_offload_device()
+    else:
+        load, offload = model_management.get_torch_device(), model_management.unet_offload_device()
+    module.to(device=offload, dtype=_weight_dtype(kind, load, model_management))
+    patcher = ModelPatcher(_managed_class(type(module).__name__)(module), load_device=load, offload_device=offload)
+    if id(owner) not in _PATCHERS:
+        weakref.finalize(owner, _PATCHERS.pop, id(owner), None)
+    _PATCHERS[id(owner)] = patcher
+    return patcher
+
+
+def _weight_dtype(kind: ModelKind, device: torch.device, model_management: ModuleType) -> torch.dtype:
+    """SigLIP on a GPU in ComfyUI's text-encoder dtype (fp16 unless told otherwise); fp32 on the CPU and for the
+    small StyleMamba model. A tower that gradients flow through gets bf16 rather than fp16, whose backward underflows
+    without loss scaling, or fp32 where the GPU lacks bf16."""
+    if kind == "model" or device.type == "cpu":
+        return torch.float32
+    if kind == "differentiable encoder":
+        return autocast_dtype(device) or torch.float32
+    chosen = model_management.text_encoder_dtype(device)
+    return chosen if chosen in (torch.float16, torch.bfloat16, torch.float32) else torch.float16  # fp8 needs ComfyUI's ops
 
 
 class Progress:
@@ -144,6 +204,25 @@ class Progress:
     def __call__(self, done: int, total: int, preview: object | None = None) -> None:
         if self._bar is not None:
             self._bar.update_absolute(done, total, preview)
+
+    def update_unless_cancelled(self, done: int, total: int, preview: object | None = None) -> bool:
+        """Update the bar and return False, or return True once the user pressed Cancel, never raising.
+
+        ComfyUI's progress hook raises its interrupt (and clears the Cancel) when Cancel comes while
+        it runs; here that Cancel is caught and set again, so a fit can stop cleanly, keep its best
+        model, and the prompt still ends as cancelled before the next node.
+        """
+        if interrupt_requested():
+            return True
+        model_management = _optional("comfy.model_management")
+        try:
+            self(done, total, preview)
+        except Exception as error:
+            if model_management is None or not isinstance(error, model_management.InterruptProcessingException):
+                raise
+            model_management.interrupt_current_processing(True)
+            return True
+        return False
 
 
 def throw_if_interrupted() -> None:

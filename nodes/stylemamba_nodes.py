@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..stylemamba.checkpoint import StyleMamba, load_checkpoint, new_style_mamba
-from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..stylemamba.config import DEFAULT_TEXT_ENCODER, config_for_encoder
 from ..stylemamba.encoders import load_text_encoder
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylemamba.stylize import stylize_latents
@@ -17,7 +17,8 @@ FROM_CHECKPOINT = "from checkpoint"
 class LoadStyleMamba:
     DESCRIPTION = (
         "Loads a StyleMamba style fusion model from models/stylemamba, or makes a new untrained one "
-        "(which changes nothing until trained) for a given latent channel count."
+        "(which changes nothing until trained) for a given latent channel count, sized to the chosen SigLIP. "
+        "A text_encoder other than 'from checkpoint' is the only SigLIP whose styles StyleFuse then accepts."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STYLE_MAMBA",)
@@ -45,11 +46,12 @@ class LoadStyleMamba:
 
     def load(self, checkpoint: str, text_encoder: str, latent_channels: int = 4) -> tuple[StyleMamba]:
         if checkpoint == NEW_MODEL:
-            style_mamba = new_style_mamba(StyleMambaConfig(latent_channels=latent_channels))
-        else:
-            style_mamba = load_checkpoint(comfy_bridge.model_file_path("stylemamba", checkpoint), device=comfy_bridge.offload_device())
+            encoder = DEFAULT_TEXT_ENCODER if text_encoder == FROM_CHECKPOINT else text_encoder
+            config = config_for_encoder(comfy_bridge.resolve_encoder(encoder), latent_channels)
+            return (new_style_mamba(config, text_encoder=encoder),)
+        style_mamba = load_checkpoint(comfy_bridge.model_file_path("stylemamba", checkpoint), device=comfy_bridge.offload_device())
         if text_encoder != FROM_CHECKPOINT:
-            style_mamba.text_encoder = text_encoder
+            style_mamba.text_encoder = text_encoder  # StyleFuse then accepts styles from this encoder only
         return (style_mamba,)
 
 
@@ -77,9 +79,8 @@ class TextStyleEncode:
         if not text.strip():
             raise ValueError("TextStyleEncode: the style text is empty; describe a style such as 'a watercolor painting'")
         encoder = load_text_encoder(comfy_bridge.resolve_encoder(style_mamba.text_encoder))
-        with comfy_bridge.on_compute_device(encoder.model):
-            style = encode_text_style(encoder, text, source_text)
-        return (style,)
+        comfy_bridge.load_model(encoder, encoder.model, "text encoder")
+        return (encode_text_style(encoder, text, source_text),)
 
 
 class StyleFuse:
@@ -115,11 +116,11 @@ class StyleFuse:
             progress(done, total)
             comfy_bridge.throw_if_interrupted()
 
-        with comfy_bridge.on_compute_device(style_mamba.model) as device:
-            styled = stylize_latents(
-                style_mamba, samples, style, strength, mask,
-                device=device, autocast_dtype=comfy_bridge.autocast_dtype(device), progress=report,
-            )
+        device = comfy_bridge.load_model(style_mamba, style_mamba.model)
+        styled = stylize_latents(
+            style_mamba, samples, style, strength, mask,
+            device=device, autocast_dtype=comfy_bridge.autocast_dtype(device), progress=report,
+        )
         return ({**latent, "samples": styled},)
 
 

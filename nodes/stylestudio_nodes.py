@@ -4,6 +4,7 @@ Thin adapter: ComfyUI objects in, the pure-torch core in ``stylestudio`` does th
 and model folders go through ``comfy_bridge``, so this module imports without ComfyUI.
 """
 
+from collections import Counter
 from typing import Any
 
 import torch
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..stylestudio.ip_adapter import IPAdapterError, IPAdapterWeights, load_ip_adapter, project_image_features, weights_per_layer
-from ..stylestudio.layers import PRESETS, Layer, select_layers, unet_cross_attention_layers
+from ..stylestudio.layers import PRESETS, Block, Layer, select_layers, unet_cross_attention_layers
 from ..stylestudio.patches import CrossAdaINPatch, SigmaWindow, StyleKV, TeacherAttn1Patch, TeacherWrapper
 from . import comfy_bridge
 
@@ -34,6 +35,16 @@ def _existing_patch(patches: dict, layer: Layer) -> Any:
     return patches.get(layer, patches.get(layer[:2]))
 
 
+def _patch_key(patches: dict, layer: Layer, layers_in_block: int) -> Layer | Block:
+    """Where our patch for ``layer`` goes: where ComfyUI runs it, and where a collecting pack applied later finds it.
+
+    A block with one transformer layer (every SD1.5 block) is keyed ``(block, id)``, the key IPAdapter_plus uses on
+    SD1.5, so its ``add()`` reaches our patch instead of creating a block patch that ComfyUI would never run behind an
+    indexed one. An occupied indexed key keeps the indexed key: ComfyUI looks that one up first.
+    """
+    return layer[:2] if layers_in_block == 1 and layer not in patches else layer
+
+
 class StyleStudioCrossAdaIN:
     """Training-free StyleStudio (cross-modal AdaIN + style-based CFG + teacher) as native MODEL patches."""
 
@@ -43,7 +54,8 @@ class StyleStudioCrossAdaIN:
         "(cross-modal AdaIN) instead of adding I. The negative CFG half gets the same treatment with the "
         "adapter's empty-image tokens, or with an optional negative style image (style-based CFG). The teacher "
         "runs a text-only pass beside the styled one early in sampling and lends it its self-attention maps to "
-        "keep the prompt's layout. Stacks with LoRAs, ControlNets and other attention patches."
+        "keep the prompt's layout. Stacks with LoRAs, ControlNets, IPAdapter_plus (before or after this node) and "
+        "other attention patches."
     )
     RETURN_TYPES = ("MODEL",)
     RETURN_NAMES = ("model",)
@@ -103,21 +115,23 @@ class StyleStudioCrossAdaIN:
 
         positive_features = self._features(clip_vision, style_image, weights)
         negative_features = (self._features(clip_vision, negative_style_image, weights) if negative_style_image is not None
-                             else torch.zeros_like(positive_features))
+                             else self._empty_image_features(clip_vision, weights, positive_features))
         positive, negative = style_tokens(weights, positive_features), style_tokens(weights, negative_features)
 
         patched = model.clone()
         sampling = patched.get_model_object("model_sampling")
         window = SigmaWindow(high=sampling.percent_to_sigma(start_percent), low=sampling.percent_to_sigma(end_percent))
         replaced = patched.model_options["transformer_options"].get("patches_replace", {})
+        attn1, attn2 = replaced.get("attn1", {}), replaced.get("attn2", {})
+        per_block = Counter(layer[:2] for layer in model_layers)
         for layer in selected:
             patch = CrossAdaINPatch(style_kv(per_layer[layer], positive, negative), strength, window,
-                                    _existing_patch(replaced.get("attn2", {}), layer), optimized_attention)
-            patched.set_model_attn2_replace(patch, *layer)
+                                    _existing_patch(attn2, layer), optimized_attention)
+            patched.set_model_attn2_replace(patch, *_patch_key(attn2, layer, per_block[layer[:2]]))
         if teacher:
             for layer in model_layers:
-                previous = _existing_patch(replaced.get("attn1", {}), layer)
-                patched.set_model_attn1_replace(TeacherAttn1Patch(previous, optimized_attention), *layer)
+                patch = TeacherAttn1Patch(_existing_patch(attn1, layer), optimized_attention)
+                patched.set_model_attn1_replace(patch, *_patch_key(attn1, layer, per_block[layer[:2]]))
             wrapper = TeacherWrapper(sampling.percent_to_sigma(teacher_end_percent), patched.model_options.get("model_function_wrapper"))
             patched.set_model_unet_function_wrapper(wrapper)
         return (patched,)
@@ -126,6 +140,15 @@ class StyleStudioCrossAdaIN:
     def _features(clip_vision: Any, image: Tensor, weights: IPAdapterWeights) -> Tensor:
         output = clip_vision.encode_image(image)
         return (output["penultimate_hidden_states"] if weights.uses_hidden_states else output["image_embeds"]).float().cpu()
+
+    @classmethod
+    def _empty_image_features(cls, clip_vision: Any, weights: IPAdapterWeights, positive: Tensor) -> Tensor:
+        """What the adapter was trained to see without an image: IP-Adapter's reference code encodes a black image for
+        Plus (Resampler) adapters, which read hidden states, and zeroes the image embedding for the others."""
+        if not weights.uses_hidden_states:
+            return torch.zeros_like(positive)
+        size = getattr(clip_vision, "image_size", 224)
+        return cls._features(clip_vision, torch.zeros(1, size, size, 3), weights)
 
 
 NODE_CLASS_MAPPINGS = {"StyleStudioCrossAdaIN": StyleStudioCrossAdaIN}

@@ -11,22 +11,31 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from ..stylemamba.checkpoint import StyleMamba, new_style_mamba, save_checkpoint
-from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..stylemamba.checkpoint import StyleMamba, save_checkpoint
+from ..stylemamba.config import DEFAULT_TEXT_ENCODER
 from ..stylemamba.encoders import load_image_encoder, load_text_encoder
-from ..stylemamba.training.fit import FitSettings, fit_resolution, fit_style
+from ..stylemamba.images import fit_resolution, to_pil
+from ..stylemamba.training.fit import FitResult, FitSettings, fit_model
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
-from ..stylemamba.training.taesd import find_pair, load_tiny_autoencoder
+from ..stylemamba.training.losses import LossWeights
+from ..stylemamba.training.reference_styles import fit_target_style
+from ..stylemamba.training.taesd import load_tiny_decoder
+from ..stylemamba.training.vgg import load_vgg19
 from . import comfy_bridge
+from .style_mix_nodes import channels_first
 
 CATEGORY = "style_transfer/StyleMamba"
 FULL_VAE = "full VAE"
 FROM_MODEL = "from style_mamba (or default)"
 PREVIEW_SIZE = 512
+#: Where TrainStyleMamba writes its best model when the user presses Cancel (models/stylemamba/<prefix>_00001…).
+CANCELLED_PREFIX = "TrainStyleMamba_cancelled"
+NO_VGG = "none"
 
 
 def tiny_decoder_files() -> list[str]:
@@ -70,30 +79,11 @@ class ComfyVAECodec:
         return self.vae.process_output(decoded.float()).to(self.device)
 
 
-class TinyDecoder:
-    """A TAESD-family decoder from models/vae_approx as the fit's cheap proxy decoder."""
-
-    def __init__(self, name: str, latent_channels: int, device: torch.device):
-        decoder_path, _ = find_pair(comfy_bridge.model_file_path("vae_approx", name))
-        self.tae = load_tiny_autoencoder(decoder_path).to(device)
-        if self.tae.latent_channels != latent_channels:
-            raise ValueError(
-                f"TrainStyleMamba: {name} decodes {self.tae.latent_channels}-channel latents ({self.tae.family.name}) "
-                f"but this VAE makes {latent_channels}-channel latents; pick the tiny autoencoder of the same family"
-            )
-        self.device = device
-
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.tae.decode(latents.to(self.device))
-
-
 def preview_image(images: torch.Tensor, step: int, total: int, loss: float) -> tuple:
     """ComfyUI's preview tuple: the first image, with the step and loss written on it."""
-    from PIL import Image, ImageDraw
+    from PIL import ImageDraw
 
-    array = (images[0].detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype("uint8")
-    picture = Image.fromarray(array)
-    picture.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    picture = to_pil(fit_resolution(images[:1], PREVIEW_SIZE, multiple=1))
     ImageDraw.Draw(picture).text((4, 4), f"step {step}/{total}  loss {loss:.4g}", fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0))
     return ("JPEG", picture, PREVIEW_SIZE)
 
@@ -102,7 +92,12 @@ class TrainStyleMamba:
     DESCRIPTION = (
         "Fits a StyleMamba model to a style text on your content images (CLIPstyler-style losses in SigLIP space). "
         "Decodes through the full VAE, or a tiny autoencoder from models/vae_approx as a much faster proxy. "
-        "Cancel stops the fit and returns the best model so far."
+        "Style images (optional) replace the text, or join it: the losses then aim along the content→style image "
+        "direction in SigLIP space (with text too, at the equal-weight mix of both), and a VGG-19 style-statistics "
+        "loss on them can be switched on with a VGG file from models/vgg. "
+        f"Cancel stops the fit and saves the best model so far as models/stylemamba/{CANCELLED_PREFIX}_00001.safetensors "
+        "(the next free number; the node's text and the log name the file), then the prompt ends as cancelled: "
+        "load that file with LoadStyleMamba, or queue the prompt again to run the rest of the graph with it."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STYLE_MAMBA",)
@@ -127,73 +122,121 @@ class TrainStyleMamba:
             "optional": {
                 "style_mamba": ("STYLE_MAMBA", {"tooltip": "Start from this model (e.g. a multi-style checkpoint) instead of a new one."}),
                 "text_encoder": ([FROM_MODEL, DEFAULT_TEXT_ENCODER, *comfy_bridge.list_local_encoders()], {"tooltip": "SigLIP in models/siglip or a hub id."}),
+                "style_images": ("IMAGE", {"tooltip": "Style reference image(s), any size (transparency counts as white). With them style_text may be empty; with both, the model learns their equal-weight mix."}),
+                "style_statistics_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e7, "step": 100.0, "tooltip": "Weight of the VGG-19 mean/std (AdaIN) statistics loss on relu1_1..relu4_1 of the style images; 0 = off. Needs style_images and vgg_weights."}),
+                "vgg_weights": ([NO_VGG, *comfy_bridge.list_model_files("vgg")], {"tooltip": "torchvision VGG-19 state dict in models/vgg, for the style-statistics loss."}),
             },
         }
 
     def train(
         self, vae, images: torch.Tensor, style_text: str, source_text: str, iterations: int, learning_rate: float,
         seed: int, training_decoder: str, max_resolution: int, style_mamba: StyleMamba | None = None,
-        text_encoder: str = FROM_MODEL,
-    ) -> tuple[StyleMamba]:
-        if not style_text.strip():
-            raise ValueError("TrainStyleMamba: the style text is empty; describe a style such as 'a watercolor painting'")
+        text_encoder: str = FROM_MODEL, style_images: torch.Tensor | None = None, style_statistics_weight: float = 0.0,
+        vgg_weights: str = NO_VGG,
+    ) -> dict:
+        if not style_text.strip() and style_images is None:
+            raise ValueError(
+                "TrainStyleMamba: the style text is empty and no style_images are connected; describe a style such as "
+                "'a watercolor painting', or connect style reference images"
+            )
+        if style_statistics_weight > 0 and (style_images is None or vgg_weights == NO_VGG):
+            raise ValueError(
+                "TrainStyleMamba: style_statistics_weight > 0 matches VGG-19 statistics of the style images: connect "
+                "style_images and choose vgg_weights (a torchvision VGG-19 state dict in models/vgg), or set the weight to 0"
+            )
         encoder_name = text_encoder if text_encoder != FROM_MODEL else (style_mamba.text_encoder if style_mamba else DEFAULT_TEXT_ENCODER)
         device = comfy_bridge.compute_device()
         settings = FitSettings(
             iterations=iterations, lr=learning_rate, seed=seed,
             train_decoder="vae" if training_decoder == FULL_VAE else training_decoder,
+            weights=LossWeights(style_statistics=style_statistics_weight),
         )
+        references = [] if style_images is None else [channels_first(style_images, "TrainStyleMamba: style_images")]
         with torch.inference_mode(False), torch.enable_grad():
             try:
-                return (self._fit(vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device),)
+                references = [batch.clone() for batch in references]  # normal tensors, outside inference mode
+                vgg = load_vgg19(comfy_bridge.model_file_path("vgg", vgg_weights), device) if style_statistics_weight > 0 else None
+                result = self._fit(
+                    vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device, references, vgg,
+                )
             finally:
                 comfy_bridge.free_memory()
+        return {"ui": {"text": [self._outcome(result, settings.iterations)]}, "result": (result.style_mamba,)}
 
-    def _fit(self, vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device) -> StyleMamba:
+    @staticmethod
+    def _outcome(result: FitResult, total: int) -> str:
+        """What the node's text and the log say; after Cancel, the best model is written first.
+
+        The node returns normally even after Cancel: only a returned node shows its text, and its
+        output stays cached, so queueing the prompt again goes on with this fit. The Cancel is still
+        pending, so ComfyUI ends the prompt as cancelled before the next node runs; that is also why
+        a Cancel pressed after the last step saves the model too.
+        """
+        best = f"best loss {result.best_loss:.4g} at step {result.best_step}"
+        if not (result.stopped_early or comfy_bridge.interrupt_requested()):
+            message = f"TrainStyleMamba: fitted {len(result.history)} steps in {result.seconds:.1f} s, {best}"
+        else:
+            path = save_new_checkpoint(result.style_mamba, CANCELLED_PREFIX)
+            message = (
+                f"TrainStyleMamba: cancelled after step {len(result.history)} of {total}; the best model so far ({best}) "
+                f"is saved as {path}: load {path.name} with LoadStyleMamba"
+            )
+        logging.info(message)
+        return message
+
+    def _fit(
+        self, vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device, references, vgg,
+    ) -> FitResult:
         resolved = comfy_bridge.resolve_encoder(encoder_name)
-        text_encoder = load_text_encoder(resolved)
-        with comfy_bridge.on_compute_device(text_encoder.model):
-            style = encode_text_style(text_encoder, style_text, source_text)
-        style = StyleEmbedding(style.target.clone(), style.source.clone(), style.description, style.encoder)
+        text_style = None
+        if style_text.strip():
+            text_encoder = load_text_encoder(resolved)
+            comfy_bridge.load_model(text_encoder, text_encoder.model, "text encoder")
+            text_style = encode_text_style(text_encoder, style_text, source_text)
+            text_style = StyleEmbedding(text_style.target.clone(), text_style.source.clone(), text_style.description, text_style.encoder)
         cached = load_image_encoder(resolved)
         image_encoder = dataclasses.replace(cached, model=trainable(cached.model))
+        content = comfy_image_batch(images)
+        comfy_bridge.load_model(image_encoder, image_encoder.model, "differentiable encoder")
+        style = fit_target_style(text_style, image_encoder, references, content)
         ratio = getattr(vae, "downscale_ratio", 8)
-        content = fit_resolution(comfy_image_batch(images), max_resolution, multiple=ratio if isinstance(ratio, int) else 8)
         codec = ComfyVAECodec(vae, device)
-        if style_mamba is None:
-            config = StyleMambaConfig(latent_channels=vae.latent_channels, style_dim=style.target.shape[-1])
-            style_mamba = new_style_mamba(config, text_encoder=encoder_name, seed=settings.seed)
         decode = codec.decode
         if settings.train_decoder != "vae":
-            decode = TinyDecoder(settings.train_decoder, style_mamba.config.latent_channels, device).decode
+            tiny_path = comfy_bridge.model_file_path("vae_approx", settings.train_decoder)
+            decode = load_tiny_decoder(tiny_path, vae.latent_channels, device).decode
 
         total = settings.iterations
         progress = comfy_bridge.Progress(total)
         bar = tqdm(total=total, desc="TrainStyleMamba", unit="step")
 
         def report(step: int, loss: float, preview: torch.Tensor | None) -> bool:
-            if comfy_bridge.interrupt_requested():
-                logging.info("TrainStyleMamba: interrupted at step %d; returning the best model so far", step)
-                return True
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4g}")
-            progress(step, total, preview_image(preview, step, total, loss) if preview is not None else None)
-            return False
+            return progress.update_unless_cancelled(step, total, preview_image(preview, step, total, loss) if preview is not None else None)
 
-        with comfy_bridge.on_compute_device(image_encoder.model):
-            try:
-                result = fit_style(style_mamba, content, style, codec.encode, decode, image_encoder, settings, report, device=device)
-            finally:
-                bar.close()
-        fitted = result.style_mamba
-        fitted.model.to(comfy_bridge.offload_device())
-        fitted.training.update(source_text=source_text, text_encoder=encoder_name, stopped_early=result.stopped_early, seconds=round(result.seconds, 2))
-        fitted.source = f"TrainStyleMamba: {style_text.strip()}"
-        logging.info(
-            "TrainStyleMamba: %d steps in %.1f s, best loss %.4g at step %d",
-            len(result.history), result.seconds, result.best_loss, result.best_step,
-        )
-        return fitted
+        try:
+            result = fit_model(
+                style, content, codec.encode, decode, image_encoder, settings, encoder_name,
+                vae.latent_channels, max_resolution, ratio if isinstance(ratio, int) else 8, style_mamba, report,
+                vgg, device, dict(source_text=source_text), references,
+            )
+        finally:
+            bar.close()
+        result.style_mamba.model.to(comfy_bridge.offload_device())
+        result.style_mamba.source = f"TrainStyleMamba: {style.description}"
+        return result
+
+
+def save_new_checkpoint(style_mamba: StyleMamba, filename_prefix: str) -> Path:
+    """Write ``<prefix>_NNNNN.safetensors`` under models/stylemamba with the first free number; never overwrites."""
+    for _ in range(3):  # another save may take the same number between the check and the write
+        path = comfy_bridge.new_checkpoint_path(filename_prefix)
+        try:
+            return save_checkpoint(style_mamba, path, overwrite=False)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not find a free file name for {filename_prefix!r} in models/stylemamba")
 
 
 class SaveStyleMamba:
@@ -215,15 +258,7 @@ class SaveStyleMamba:
     def save(self, style_mamba: StyleMamba, filename_prefix: str) -> dict:
         if not filename_prefix.strip():
             raise ValueError("SaveStyleMamba: filename_prefix is empty")
-        for _ in range(3):  # another save may take the same number between the check and the write
-            path = comfy_bridge.new_checkpoint_path(filename_prefix.strip())
-            try:
-                save_checkpoint(style_mamba, path, overwrite=False)
-                break
-            except FileExistsError:
-                continue
-        else:
-            raise FileExistsError(f"SaveStyleMamba: could not find a free file name for {filename_prefix!r}")
+        path = save_new_checkpoint(style_mamba, filename_prefix.strip())
         logging.info("SaveStyleMamba: wrote %s", path)
         return {"ui": {"text": [path.name]}, "result": ()}
 

@@ -13,16 +13,17 @@ from pathlib import Path
 
 import torch
 
+from ..errors import PackError
 from .atomic import write_atomically
 from .config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
-from .model import StyleFusionModel, latent_channel_mismatch
+from .model import StyleFusionModel
 from .state_dicts import state_dict_problems
 
 FORMAT = "stylemamba"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PackError, ValueError):
     """A checkpoint that cannot be used, with the reason in the user's terms."""
 
 
@@ -38,10 +39,6 @@ class StyleMamba:
     @property
     def config(self) -> StyleMambaConfig:
         return self.model.config
-
-    def check_latent_channels(self, channels: int) -> None:
-        if channels != self.config.latent_channels:
-            raise CheckpointError(latent_channel_mismatch(self.config.latent_channels, channels))
 
 
 def new_style_mamba(config: StyleMambaConfig, text_encoder: str = DEFAULT_TEXT_ENCODER, seed: int = 0) -> StyleMamba:

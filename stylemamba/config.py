@@ -6,6 +6,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from .encoders import embedding_width
+
 DEFAULT_TEXT_ENCODER = "google/siglip-base-patch16-224"
 
 
@@ -57,3 +59,13 @@ class StyleMambaConfig:
         if unknown:
             raise ValueError(f"model config has unknown fields {unknown}: written by a newer version of the pack?")
         return cls(**data)
+
+
+def config_for_encoder(text_encoder: str, latent_channels: int, **architecture: int | float) -> StyleMambaConfig:
+    """The config of a new model: ``style_dim`` is read from the SigLIP's own config, never assumed.
+
+    The one place a new model's style width comes from (LoadStyleMamba, TrainStyleMamba and every
+    command), so a model made for SigLIP so400m (1152-d) or a local folder fits the embeddings it
+    will be given. ``text_encoder`` must be loadable: a folder path or a hub id.
+    """
+    return StyleMambaConfig(latent_channels=latent_channels, style_dim=embedding_width(text_encoder), **architecture)

@@ -16,6 +16,9 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from ..errors import PackError
+from .images import resize
+
 #: Files a SigLIP folder needs; quoted in the error when a model cannot be found.
 REQUIRED_FILES = "config.json, model.safetensors (or pytorch_model.bin), tokenizer_config.json, spiece.model / tokenizer.json"
 
@@ -30,7 +33,7 @@ STYLE_TEMPLATES = (
 )
 
 
-class EncoderNotFoundError(FileNotFoundError):
+class EncoderNotFoundError(PackError, FileNotFoundError):
     """The SigLIP weights are neither in a local folder nor downloadable."""
 
 
@@ -47,13 +50,46 @@ def _quiet_transformers() -> Iterator[None]:
         logging.set_verbosity(previous)
 
 
-def _not_found(name: str, error: Exception) -> EncoderNotFoundError:
-    folder = name.rstrip("/").split("/")[-1]
-    return EncoderNotFoundError(
-        f"SigLIP encoder {name!r} could not be loaded ({type(error).__name__}: {error}). "
-        f"Put its files ({REQUIRED_FILES}) in a folder such as ComfyUI/models/siglip/{folder}/ "
-        f"(or pass that folder's path), or run once with network access so transformers can download {name!r}."
-    )
+@contextlib.contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """Quiet transformers while it loads ``name``, and turn its not-found errors into one that says where files go."""
+    try:
+        with _quiet_transformers():
+            yield
+    except (OSError, ValueError) as error:
+        folder = name.rstrip("/").split("/")[-1]
+        raise EncoderNotFoundError(
+            f"SigLIP encoder {name!r} could not be loaded ({type(error).__name__}: {error}). "
+            f"Put its files ({REQUIRED_FILES}) in a folder such as ComfyUI/models/siglip/{folder}/ "
+            f"(or pass that folder's path), or run once with network access so transformers can download {name!r}."
+        ) from error
+
+
+def text_embedding_width(config: object) -> int:
+    """Width of SigLIP's pooled text embedding: the head's projection size (hidden size in older configs)."""
+    text_config = getattr(config, "text_config", None) or config
+    return getattr(text_config, "projection_size", None) or text_config.hidden_size
+
+
+def embedding_width(name_or_path: str) -> int:
+    """The style width a SigLIP gives, read from its config alone: no weights are loaded or downloaded."""
+    from transformers import AutoConfig
+
+    with _loading(name_or_path):
+        config = AutoConfig.from_pretrained(name_or_path)
+    return text_embedding_width(config)
+
+
+def encoder_identity(name_or_path: str, width: int) -> tuple[str, int]:
+    """What makes two encoder ids the same SigLIP: the folder name or hub id's last part, and the width.
+
+    A model records the id it was trained with (a hub id such as ``google/siglip-base-patch16-224``
+    or a folder name from models/siglip), while an embedding records the path its encoder was
+    loaded from; ComfyUI's models/siglip folders are named after the hub id's last part, so both
+    name one model when those tails agree (case-insensitively). Two different folders with the same
+    name and width are taken as the same model: name them apart.
+    """
+    return name_or_path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].casefold(), width
 
 
 @dataclass
@@ -67,19 +103,15 @@ class TextEncoder:
 
     @property
     def embed_dim(self) -> int:
-        config = self.model.config
-        return getattr(config, "projection_size", None) or config.hidden_size
+        return text_embedding_width(self.model.config)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, local_files_only: bool = False) -> "TextEncoder":
         from transformers import AutoTokenizer, SiglipTextModel
 
-        try:
+        with _loading(name_or_path):
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
-            with _quiet_transformers():
-                model = SiglipTextModel.from_pretrained(name_or_path, local_files_only=local_files_only)
-        except (OSError, ValueError) as error:
-            raise _not_found(name_or_path, error) from error
+            model = SiglipTextModel.from_pretrained(name_or_path, local_files_only=local_files_only)
         model.eval().requires_grad_(False)
         return cls(name_or_path, model, tokenizer, model.config.max_position_embeddings)
 
@@ -118,21 +150,17 @@ class ImageEncoder:
     def from_pretrained(cls, name_or_path: str, local_files_only: bool = False) -> "ImageEncoder":
         from transformers import SiglipVisionModel
 
-        try:
-            with _quiet_transformers():
-                model = SiglipVisionModel.from_pretrained(name_or_path, local_files_only=local_files_only)
-        except (OSError, ValueError) as error:
-            raise _not_found(name_or_path, error) from error
+        with _loading(name_or_path):
+            model = SiglipVisionModel.from_pretrained(name_or_path, local_files_only=local_files_only)
         model.eval().requires_grad_(False)
-        mean, std = _normalisation(name_or_path)
+        mean, std = image_normalisation(name_or_path, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         return cls(name_or_path, model, model.config.image_size, mean, std)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) in [0, 1] → resized, normalised pixel values, keeping the autograd graph."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (batch, 3, height, width) in [0, 1], got {tuple(images.shape)}")
-        size = (self.image_size, self.image_size)
-        x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
+        x = resize(images, (self.image_size, self.image_size))
         mean = x.new_tensor(self.mean)[:, None, None]
         std = x.new_tensor(self.std)[:, None, None]
         return (x - mean) / std
@@ -144,13 +172,16 @@ class ImageEncoder:
         return F.normalize(model(pixel_values=pixels).pooler_output.float(), dim=-1)
 
 
-def _normalisation(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """SigLIP normalises to [-1, 1]; a local preprocessor_config.json may say otherwise."""
+def image_normalisation(
+    name_or_path: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The model family's pixel mean and std (SigLIP's 0.5, CLIP's ImageNet-like values), unless a local
+    preprocessor_config.json says otherwise."""
     config_file = Path(name_or_path) / "preprocessor_config.json"
     if config_file.is_file():
         config = json.loads(config_file.read_text())
-        return tuple(config.get("image_mean", (0.5,) * 3)), tuple(config.get("image_std", (0.5,) * 3))
-    return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+        return tuple(config.get("image_mean", mean)), tuple(config.get("image_std", std))
+    return mean, std
 
 
 @functools.lru_cache(maxsize=2)

@@ -1,19 +1,75 @@
-"""Image files ↔ (1, 3, H, W) tensors in [0, 1], with atomic, non-clobbering saves."""
+"""Images as (b, 3, H, W) tensors in [0, 1]: files and PIL pictures in and out, and every resize the pack does.
+
+One conversion each way and one resampling filter, so the fit, the commands, the previews and
+the evaluation grids all see the same pixels.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .atomic import write_atomically
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def load_image(path: str | os.PathLike) -> torch.Tensor:
+def from_pil(picture: Image.Image, mode: str = "RGB") -> torch.Tensor:
+    """A PIL picture (any mode) → (1, C, H, W) float32 in [0, 1]: C = 3 for RGB, 4 for "RGBA" (alpha kept), 1 for "L"."""
+    array = np.asarray(picture.convert(mode), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)[None].contiguous()
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) in [0, 1] → an 8-bit RGB picture (clamped and rounded)."""
+    from PIL import Image
+
+    if image.dim() == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"to_pil takes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(array)
+
+
+def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(b, 3, H, W) → (b, 3, *size), antialiased bicubic, differentiable (no clamp: encoders see the raw values)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return F.interpolate(images.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def fit_resolution(images: torch.Tensor, max_side: int, multiple: int = 8) -> torch.Tensor:
+    """Downscale so the longer side is at most ``max_side`` and both sides are multiples of ``multiple``.
+
+    Fit cost grows with pixels while the style a fit learns does not, so large photos are fitted
+    small; the autoencoder needs sizes it can divide by its downscale factor.
+    """
+    height, width = images.shape[-2:]
+    scale = min(1.0, max_side / max(height, width))
+    size = [max(multiple, int(side * scale) // multiple * multiple) for side in (height, width)]
+    return resize(images, tuple(size)).clamp(0, 1)
+
+
+def square(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` and centre-crop: CLIP's preprocessing, and how a set of photos becomes one batch."""
+    height, width = images.shape[-2:]
+    scale = size / min(height, width)
+    resized = resize(images, (max(size, round(height * scale)), max(size, round(width * scale))))
+    top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
+    return resized[..., top : top + size, left : left + size].clamp(0, 1)
+
+
+def load_image(path: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
+    """An image file → (1, 3, H, W) in [0, 1], or as ``from_pil`` gives another PIL mode (a mask as "L")."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -21,10 +77,9 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+            return from_pil(image, mode)
     except UnidentifiedImageError as error:
         raise ValueError(f"{path} is not an image file PIL can read") from error
-    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
@@ -39,10 +94,4 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 def save_image(image: torch.Tensor, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Save (1, 3, H, W) or (3, H, W) in [0, 1]; written to a temp file then moved into place."""
-    from PIL import Image
-
-    if image.dim() == 4:
-        image = image[0]
-    array = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    picture = Image.fromarray(array)
-    return write_atomically(path, picture.save, overwrite)  # the temp name keeps the suffix PIL reads the format from
+    return write_atomically(path, to_pil(image).save, overwrite)  # the temp name keeps the suffix PIL reads the format from

@@ -14,13 +14,60 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import PackError
 from ..kernels import cross_scan_2d
 from .config import StyleMambaConfig
 
 
+class ModelInputError(PackError, ValueError):
+    """A latent this model cannot restyle (wrong channel count), or a style it cannot take."""
+
+
+def latent_statistics(latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-channel mean and std (b, C, 1, 1) that put any VAE's latents on one scale.
+
+    The model works on ``(latent - mean) / std`` and the latent content loss measures changes in
+    the same units, so neither depends on the VAE family's scaling. A 1-pixel latent has no
+    spread: its std is taken as 1.
+    """
+    mean = latent.mean(dim=(2, 3), keepdim=True)
+    if latent.shape[-2] * latent.shape[-1] == 1:
+        return mean, torch.ones_like(mean)
+    return mean, latent.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(1e-4)
+
+
+def tokenwise(params: torch.Tensor) -> torch.Tensor:
+    """Modulation (b, c) for the whole latent → (b, 1, c); per-token modulation (b, tokens, c) stays as it is."""
+    return params[:, None] if params.dim() == 2 else params
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """AdaLN: x is (b, tokens, c); shift and scale are (b, c) from the style vector."""
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """AdaLN: x is (b, tokens, c); shift and scale are (b, c) from the style vector, or (b, tokens, c) per token."""
+    return x * (1 + tokenwise(scale)) + tokenwise(shift)
+
+
+def mix_modulation(params: torch.Tensor, style_weights: torch.Tensor | None) -> torch.Tensor:
+    """Weighted sum of each style's AdaLN parameters (k, c) → (b, c) globally or (b, tokens, c) per token.
+
+    ``style_weights`` is (b, k) or (b, tokens, k) and sums to 1 over k; None means ``params`` is already
+    one style per sample. A weight of exactly 1 returns that style's parameters bit for bit.
+    """
+    if style_weights is None:
+        return params
+    return torch.einsum("...k,kc->...c", style_weights.to(params.dtype), params)
+
+
+def token_weights(style_weights: torch.Tensor, patch: int) -> torch.Tensor:
+    """Latent-pixel style weights (b, k, H, W) → (b, tokens, k): each token gets the mean over its patch.
+
+    Padded like the latent (replicate) so edge tokens average real pixels only; the mean of convex
+    weights stays convex, and a soft mask edge becomes a soft blend between neighbouring tokens.
+    """
+    height, width = style_weights.shape[-2:]
+    pad_h, pad_w = (-height) % patch, (-width) % patch
+    weights = style_weights.float()
+    weights = F.pad(weights, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else weights
+    return F.avg_pool2d(weights, patch).flatten(2).transpose(1, 2)
 
 
 class CrossScanMixer(nn.Module):
@@ -98,10 +145,13 @@ class FusionBlock(nn.Module):
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
 
-    def forward(self, x: torch.Tensor, style: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(style).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.mixer(modulate(self.norm1(x), shift1, scale1), height, width)
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+    def forward(
+        self, x: torch.Tensor, style: torch.Tensor, height: int, width: int, style_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        params = mix_modulation(self.modulation(style), style_weights)
+        shift1, scale1, gate1, shift2, scale2, gate2 = params.chunk(6, dim=-1)
+        x = x + tokenwise(gate1) * self.mixer(modulate(self.norm1(x), shift1, scale1), height, width)
+        return x + tokenwise(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class StyleFusionModel(nn.Module):
@@ -109,6 +159,14 @@ class StyleFusionModel(nn.Module):
 
     Latents are standardised per sample and channel before the blocks and the predicted change is
     scaled back by the same std, so one model behaves alike on every VAE's latent scale.
+
+    Several styles in one pass: ``style`` holds k embeddings (k, style_dim) and ``style_weights`` says how
+    much of each style every sample (b, k) or every latent pixel (b, k, H, W) gets; the weights sum to 1.
+    The styles' AdaLN modulations (shift, scale, gate of every block and the final layer) are mixed, not
+    their embeddings: the style MLP is nonlinear, so a blend of two SigLIP embeddings is a third style the
+    model never saw, while a blend of modulations conditions each style exactly as its own run does, a
+    weight of 1 reproduces that style bit for bit, and per-token mixing costs k modulations per block
+    plus a (tokens × k) weighted sum instead of a modulation per token.
     """
 
     def __init__(self, config: StyleMambaConfig):
@@ -130,38 +188,70 @@ class StyleFusionModel(nn.Module):
         for block in self.blocks:
             block.mixer.scan_backend = backend
 
-    def check_inputs(self, latent: torch.Tensor, style: torch.Tensor) -> None:
+    def check_latent_channels(self, channels: int) -> None:
+        """The one latent-channel check (the model's own and every caller's up-front one), naming both VAE families."""
+        if channels != self.config.latent_channels:
+            raise ModelInputError(latent_channel_mismatch(self.config.latent_channels, channels))
+
+    def check_inputs(self, latent: torch.Tensor, style: torch.Tensor, style_weights: torch.Tensor | None = None) -> None:
         """Fail with the exact mismatch before any compute."""
         if latent.dim() != 4:
             raise ValueError(f"latent must be (batch, channels, height, width), got shape {tuple(latent.shape)}")
-        channels = latent.shape[1]
-        if channels != self.config.latent_channels:
-            raise ValueError(latent_channel_mismatch(self.config.latent_channels, channels))
+        self.check_latent_channels(latent.shape[1])
         if style.dim() != 2 or style.shape[1] != self.config.style_dim:
             raise ValueError(
                 f"style embedding must be (batch, {self.config.style_dim}); got {tuple(style.shape)}: "
                 "it was encoded with a different text encoder than this model was trained with"
             )
-        if style.shape[0] not in (1, latent.shape[0]):
-            raise ValueError(f"{style.shape[0]} style embeddings for a batch of {latent.shape[0]} latents")
+        if style_weights is None:
+            if style.shape[0] not in (1, latent.shape[0]):
+                raise ValueError(f"{style.shape[0]} style embeddings for a batch of {latent.shape[0]} latents")
+            return
+        self.check_style_weights(latent, style.shape[0], style_weights)
 
-    def forward(self, latent: torch.Tensor, style: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
-        self.check_inputs(latent, style)
+    @staticmethod
+    def check_style_weights(latent: torch.Tensor, styles: int, style_weights: torch.Tensor) -> None:
+        """Mixing weights: (1 or b, k) or (1 or b, k, H, W) of the latent's size, non-negative, summing to 1."""
+        batch, _, height, width = latent.shape
+        spatial = (height, width)
+        if style_weights.dim() not in (2, 4) or style_weights.shape[1] != styles:
+            raise ValueError(
+                f"style_weights must be (batch, {styles}) or (batch, {styles}, {height}, {width}) for {styles} styles, "
+                f"got shape {tuple(style_weights.shape)}"
+            )
+        if style_weights.dim() == 4 and tuple(style_weights.shape[-2:]) != spatial:
+            raise ValueError(f"style_weights cover {tuple(style_weights.shape[-2:])} latent pixels, the latent has {spatial}")
+        if style_weights.shape[0] not in (1, batch):
+            raise ValueError(f"style_weights for {style_weights.shape[0]} latents, the batch has {batch}")
+        sums = style_weights.float().sum(dim=1)
+        if not torch.isfinite(sums).all() or (style_weights < 0).any() or (sums - 1).abs().max() > 1e-4:
+            raise ValueError(
+                "style_weights must be non-negative and sum to 1 over the styles at every sample and pixel; "
+                f"sums run from {sums.min().item():.4g} to {sums.max().item():.4g}"
+            )
+
+    def forward(
+        self, latent: torch.Tensor, style: torch.Tensor, strength: float = 1.0, style_weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        self.check_inputs(latent, style, style_weights)
         batch, _, height, width = latent.shape
         p = self.config.patch_size
         x = latent.to(self.stem.weight.dtype)
-        mean = x.mean(dim=(2, 3), keepdim=True)
-        std = x.std(dim=(2, 3), keepdim=True, unbiased=False).clamp_min(1e-4) if height * width > 1 else torch.ones_like(mean)
+        mean, std = latent_statistics(x)
         x = (x - mean) / std
         pad_h, pad_w = (-height) % p, (-width) % p
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate") if pad_h or pad_w else x
         tokens = self.stem(x)
         grid_h, grid_w = tokens.shape[-2:]
         tokens = tokens.flatten(2).transpose(1, 2)
-        cond = F.silu(self.style_embed(style.to(tokens.dtype)).expand(batch, -1))
+        if style_weights is None:
+            cond = F.silu(self.style_embed(style.to(tokens.dtype)).expand(batch, -1))
+        else:  # one condition per style; the blocks mix their modulations
+            cond = F.silu(self.style_embed(style.to(tokens.dtype)))
+            style_weights = token_weights(style_weights, p) if style_weights.dim() == 4 else style_weights
         for block in self.blocks:
-            tokens = block(tokens, cond, grid_h, grid_w)
-        shift, scale = self.final_modulation(cond).chunk(2, dim=-1)
+            tokens = block(tokens, cond, grid_h, grid_w, style_weights)
+        shift, scale = mix_modulation(self.final_modulation(cond), style_weights).chunk(2, dim=-1)
         change = self.head(modulate(self.final_norm(tokens), shift, scale))
         change = change.transpose(1, 2).reshape(batch, -1, grid_h, grid_w)
         change = F.pixel_shuffle(change, p)[:, :, :height, :width]

@@ -6,37 +6,55 @@ Both the StyleFuse node and the ``stylize`` command call this, so they give iden
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import StyleMamba
+from .encoders import encoder_identity
+from .masks import latent_mask
+from .mixing import StyleMix, fusion_inputs
+from .model import ModelInputError
 from .style import StyleEmbedding
 
 
-def latent_mask(mask: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
-    """ComfyUI MASK (b, h, w) or (h, w) in pixels → (batch, 1, height, width) weights for the latent."""
-    if mask.dim() == 2:
-        mask = mask[None]
-    if mask.dim() == 4 and mask.shape[1] == 1:
-        mask = mask[:, 0]
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be (batch, height, width), got shape {tuple(mask.shape)}")
-    if mask.shape[0] not in (1, batch):
-        raise ValueError(f"mask batch {mask.shape[0]} does not match the latent batch {batch}")
-    resized = F.interpolate(mask[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)
-    return resized.clamp(0, 1).expand(batch, -1, -1, -1)
+def check_finite(name: str, values: torch.Tensor | float) -> None:
+    """Refuse NaN/inf before it silently turns the whole latent into NaN; ComfyUI's min/max let NaN through."""
+    if isinstance(values, torch.Tensor):
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            raise ValueError(
+                f"{name} holds {bad} NaN/inf values (of {values.numel()}): the node or file that made it produced "
+                "invalid numbers (e.g. a VAE overflowing in fp16); fix that input first"
+            )
+    elif not math.isfinite(values):
+        raise ValueError(f"{name} must be a finite number, got {values}")
+
+
+def check_style_encoder(style_mamba: StyleMamba, style: StyleEmbedding | StyleMix) -> None:
+    """Refuse a style from another SigLIP than the model's: the model would misread it without any error.
+
+    Ids compare by ``encoder_identity`` (folder name or hub id's last part, plus width), so a model
+    trained with ``google/siglip-base-patch16-224`` takes styles encoded from models/siglip/siglip-base-patch16-224.
+    """
+    width, expected = style.target.shape[-1], style_mamba.config.style_dim
+    if encoder_identity(style.encoder, width) != encoder_identity(style_mamba.text_encoder, expected):
+        raise ModelInputError(
+            f"the style was encoded with SigLIP {style.encoder!r} ({width}-d) but this StyleMamba model reads styles "
+            f"from {style_mamba.text_encoder!r} ({expected}-d): encode the style with the model's own text encoder "
+            "(TextStyleEncode fed by this STYLE_MAMBA, or the command's --text-encoder)"
+        )
 
 
 @torch.no_grad()
 def stylize_latents(
     style_mamba: StyleMamba,
     samples: torch.Tensor,
-    style: StyleEmbedding,
+    style: StyleEmbedding | StyleMix,
     strength: float = 1.0,
     mask: torch.Tensor | None = None,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     autocast_dtype: torch.dtype | None = None,
     batch_size: int = 4,
     progress: Callable[[int, int], None] | None = None,
@@ -46,33 +64,51 @@ def stylize_latents(
     ``progress(done, total)`` is called after each chunk of ``batch_size`` latents. The result
     is on ``samples``'s device and dtype; masked-out regions keep their exact input values.
     ``autocast_dtype`` (e.g. bf16 on a GPU) runs the math in low precision while the weights stay
-    fp32, so a model used for inference can still be saved or trained without loss.
+    fp32, so a model used for inference can still be saved or trained without loss. A ``StyleMix``
+    is applied in the same single pass; its masks limit the change as ``mask`` does. The model runs
+    on ``device``, moved there here and nowhere else in this path; None runs it where it already is
+    (e.g. where ComfyUI's model management put it).
     """
     if samples.dim() not in (4, 5):
         raise ValueError(f"LATENT samples must be 4-D (image) or 5-D (video), got shape {tuple(samples.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    style_mamba.check_latent_channels(samples.shape[1])
+    style_mamba.model.check_latent_channels(samples.shape[1])
+    check_finite("strength", strength)
+    check_finite("LATENT samples", samples)
+    if mask is not None:
+        check_finite("mask", mask)
+    check_style_encoder(style_mamba, style)
+    batch, height, width = samples.shape[0], *samples.shape[-2:]
+    condition, style_weights, coverage = fusion_inputs(style, batch, height, width)
+    if style_weights is not None and style_weights.dim() == 4 and samples.dim() == 5:
+        style_weights = style_weights.repeat_interleave(samples.shape[2], dim=0)  # one map per frame
     frames = samples.movedim(1, 2).flatten(0, 1) if samples.dim() == 5 else samples
+    device = torch.device(device) if device is not None else next(style_mamba.model.parameters()).device
     model = style_mamba.model.to(device)
-    condition = style.target.to(device)
-    device_type = torch.device(device).type
+    condition = condition.to(device)
+    style_weights = style_weights.to(device) if style_weights is not None else None
+    per_latent = style_weights is not None and style_weights.dim() == 4  # regional maps are sliced with the chunks
+    device_type = device.type
     outputs = []
     for start in range(0, frames.shape[0], batch_size):
         chunk = frames[start : start + batch_size].to(device=device, dtype=torch.float32)
         precision = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        chunk_weights = style_weights[start : start + batch_size] if per_latent else style_weights
         with precision:
-            styled_chunk = model(chunk, condition, strength)
+            styled_chunk = model(chunk, condition, strength, chunk_weights)
         outputs.append(styled_chunk.to(samples.device, samples.dtype))
         if progress is not None:
             progress(min(start + batch_size, frames.shape[0]), frames.shape[0])
     styled = torch.cat(outputs)
     if samples.dim() == 5:
         styled = styled.unflatten(0, (samples.shape[0], samples.shape[2])).movedim(2, 1)
-    if mask is None:
+    if mask is None and coverage is None:
         return styled
-    height, width = samples.shape[-2:]
-    weights = latent_mask(mask.to(samples.device), samples.shape[0], height, width).to(samples.dtype)
+    weights = coverage.to(samples.device) if coverage is not None else 1
+    if mask is not None:
+        weights = weights * latent_mask(mask.to(samples.device), batch, height, width)
+    weights = weights.to(samples.dtype)
     if samples.dim() == 5:
         weights = weights[:, :, None]
     return samples + weights * (styled - samples)

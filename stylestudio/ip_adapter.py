@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import PackError
 from .layers import Layer
 
 _LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
@@ -30,7 +31,7 @@ _RESAMPLER_DIM_HEAD = 64  # every released Resampler (Plus SD1.5/SDXL, CSGO) use
 _LN_EPS = 1e-5
 
 
-class IPAdapterError(ValueError):
+class IPAdapterError(PackError, ValueError):
     """An IP-Adapter file that cannot be used, or one that does not fit the model / CLIP vision."""
 
 

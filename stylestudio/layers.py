@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..errors import PackError
+
 Layer = tuple[str, int, int]
 Block = tuple[str, int]
 
@@ -39,7 +41,7 @@ STYLE_BLOCKS: dict[str, tuple[Block, ...]] = {
 _ORDER = {"input": 0, "middle": 1, "output": 2}
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(PackError, ValueError):
     """The MODEL is not a UNet with cross-attention (SD3, Flux and other DiT models)."""
 
 

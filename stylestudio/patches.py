@@ -4,13 +4,22 @@ ComfyUI calls an attn1/attn2 replace patch as ``patch(q, k, v, extra_options)`` 
 shape ``(batch, tokens, heads * dim_head)`` and puts the result through ``to_out`` itself. The
 batch is ``len(extra_options["cond_or_uncond"])`` equal chunks, 0 = positive, 1 = negative.
 
-Every patch chains to the replace patch it displaces (``previous``), so other attention
-patches keep working, and is immutable: ``__deepcopy__`` returns ``self`` because ComfyUI
-deep-copies ``model_options`` on every ``ModelPatcher.clone()`` and the style keys/values need
-not be duplicated each time. Per-call state (the teacher hand-over) travels in
-``transformer_options`` instead.
+Living beside other packs' patches:
+
+* every patch chains to the replace patch (or UNet wrapper) it displaces, ``previous``, and passes
+  on ComfyUI's ``.to(device)`` / ``.to(dtype)`` calls to it;
+* the attn2 patch also takes part in the collecting convention of ComfyUI_IPAdapter_plus: a pack
+  applied later that finds our patch on its key calls ``add(callback, **kwargs)`` instead of
+  replacing it. Chained or collected, other packs' contributions join the text branch before
+  AdaIN, so the order in which the packs were applied does not change the result;
+* ComfyUI deep-copies ``model_options`` on every ``ModelPatcher.clone()``. A copy shares the style
+  keys/values (and their per-device copies) but gets its own list of collected callbacks, so a
+  pack adding to the clone it made leaves the model it was given unchanged. Per-call state (the
+  teacher hand-over) travels in ``transformer_options``.
 """
 
+import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,16 +71,29 @@ class SigmaWindow:
 
 @dataclass(frozen=True, eq=False)
 class StyleKV:
-    """One layer's style keys/values ``(1, tokens, inner_dim)`` for the positive and negative halves."""
+    """One layer's style keys/values ``(1, tokens, inner_dim)`` for the positive and negative halves.
+
+    Attention runs on the UNet's device and dtype; the copies made there are kept per
+    ``(device, dtype)``, so a sampling step attends without copying from the CPU again.
+    """
 
     k_pos: Tensor
     v_pos: Tensor
     k_neg: Tensor
     v_neg: Tensor
+    copies: dict[tuple[torch.device, torch.dtype], tuple[Tensor, ...]] = field(default_factory=dict, init=False, repr=False)
 
     def for_half(self, cond_or_uncond: int, like: Tensor) -> tuple[Tensor, Tensor]:
-        k, v = (self.k_neg, self.v_neg) if cond_or_uncond == NEGATIVE else (self.k_pos, self.v_pos)
-        return k.to(like.device, like.dtype), v.to(like.device, like.dtype)
+        key = (like.device, like.dtype)
+        if key not in self.copies:
+            self.copies[key] = tuple(t.to(like.device, like.dtype) for t in (self.k_pos, self.v_pos, self.k_neg, self.v_neg))
+        k_pos, v_pos, k_neg, v_neg = self.copies[key]
+        return (k_neg, v_neg) if cond_or_uncond == NEGATIVE else (k_pos, v_pos)
+
+    def keep_only(self, device: torch.device) -> None:
+        """Drop the copies on other devices: ComfyUI moved the model (to the offload device when it unloads it)."""
+        for key in [key for key in self.copies if key[0] != device]:
+            del self.copies[key]
 
 
 @dataclass
@@ -82,23 +104,76 @@ class TeacherHandover:
     qk: dict[Layer, tuple[Tensor, Tensor]] = field(default_factory=dict)
 
 
-class CrossAdaINPatch:
-    """attn2 replace patch: ``lerp(T, AdaIN(T, I), strength)`` with ``T`` the text and ``I`` the style-token attention."""
+class ChainedPatch:
+    """Base of our patches: remembers what it displaced and tells it about ComfyUI's device moves.
+
+    ComfyUI calls ``.to(device)`` and ``.to(dtype)`` on every patch and UNet wrapper when it loads or
+    unloads the model; the patch we displaced no longer sits where ComfyUI looks, so we pass it on.
+    """
+
+    previous: Any
+
+    def __deepcopy__(self, memo: dict) -> "ChainedPatch":
+        return self  # holds no per-model state: clones share it
+
+    def to(self, device_or_dtype: torch.device | torch.dtype) -> "ChainedPatch":
+        if hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device_or_dtype)
+        return self
+
+
+class CrossAdaINPatch(ChainedPatch):
+    """attn2 replace patch: ``lerp(T, AdaIN(T, I), strength)`` with ``T`` the text and ``I`` the style-token attention.
+
+    ``T`` includes what other packs add on this layer, whether they were applied before ours
+    (``previous``) or after it (``add``).
+    """
 
     def __init__(self, style: StyleKV, strength: float, window: SigmaWindow,
                  previous: ReplacePatch | None = None, attention: AttentionFn = sdpa_attention) -> None:
         self.style, self.strength, self.window = style, strength, window
         self.previous, self.attention = previous, attention
+        self.collected: list[tuple[Callable[..., Tensor], dict[str, Any]]] = []
 
     def __deepcopy__(self, memo: dict) -> "CrossAdaINPatch":
-        return self
+        twin = copy.copy(self)
+        twin.collected = list(self.collected)
+        return twin
+
+    def add(self, callback: Callable[..., Tensor], **kwargs: Any) -> None:
+        """IPAdapter_plus's convention: ``out += callback(out, q, k, v, extra_options, **kwargs)`` while
+        ``kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]``."""
+        self.collected.append((callback, kwargs))
+
+    def set_new_condition(self, **kwargs: Any) -> None:
+        """The convention of ComfyUI_IPAdapter_plus before May 2024: it hands over data that only its own patch can use."""
+        raise TypeError(
+            "This ComfyUI_IPAdapter_plus version (from before May 2024) can only add to its own attention patch, and "
+            "StyleStudio Cross-Modal AdaIN already patches this layer: apply the IPAdapter node before StyleStudio, "
+            "or update ComfyUI_IPAdapter_plus."
+        )
+
+    def to(self, device_or_dtype: torch.device | torch.dtype) -> ChainedPatch:
+        if isinstance(device_or_dtype, torch.device):
+            self.style.keep_only(device_or_dtype)
+        return super().to(device_or_dtype)
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
-        text = _attend(self.previous, self.attention, q, k, v, extra_options)
+        text = self.text_attention(q, k, v, extra_options)
         handover = extra_options.get(TEACHER_KEY)
         if self.strength == 0.0 or (handover is not None and handover.recording) or not self.window.contains(extra_options.get("sigmas")):
             return text
         return cross_modal_adain(text, self.style_attention(q, extra_options), self.strength)
+
+    def text_attention(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
+        """The layer's own output: the displaced patch (or plain attention) plus every collected contribution."""
+        out = _attend(self.previous, self.attention, q, k, v, extra_options)
+        sigmas = extra_options.get("sigmas")
+        for callback, kwargs in self.collected:
+            window = SigmaWindow(high=kwargs.get("sigma_start", math.inf), low=kwargs.get("sigma_end", -math.inf))
+            if window.contains(sigmas):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
 
     def style_attention(self, q: Tensor, extra_options: dict[str, Any]) -> Tensor:
         """Attend each CFG chunk to its own style tokens: positive style or negative style."""
@@ -112,7 +187,7 @@ class CrossAdaINPatch:
         return torch.cat(outs)
 
 
-class TeacherAttn1Patch:
+class TeacherAttn1Patch(ChainedPatch):
     """attn1 replace patch: in the styled pass use the teacher's map ``softmax(Q_t K_tᵀ/√d)`` with the styled pass's own V.
 
     Hands over ``(Q_t, K_t)`` instead of the map itself: the result is the same product, but
@@ -123,9 +198,6 @@ class TeacherAttn1Patch:
 
     def __init__(self, previous: ReplacePatch | None = None, attention: AttentionFn = sdpa_attention) -> None:
         self.previous, self.attention = previous, attention
-
-    def __deepcopy__(self, memo: dict) -> "TeacherAttn1Patch":
-        return self
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
         handover = extra_options.get(TEACHER_KEY)
@@ -139,7 +211,7 @@ class TeacherAttn1Patch:
         return _attend(self.previous, self.attention, q, k, v, extra_options)
 
 
-class TeacherWrapper:
+class TeacherWrapper(ChainedPatch):
     """UNet function wrapper: while the teacher is active, run a text-only pass first and hand its self-attention over.
 
     The teacher pass sees the same latent, sigma and conditioning (ControlNet included) but
@@ -150,9 +222,6 @@ class TeacherWrapper:
 
     def __init__(self, end_sigma: float, previous: Callable | None = None) -> None:
         self.end_sigma, self.previous = end_sigma, previous
-
-    def __deepcopy__(self, memo: dict) -> "TeacherWrapper":
-        return self
 
     def __call__(self, apply_model: Callable, args: dict[str, Any]) -> Tensor:
         if float(args["timestep"].max()) < self.end_sigma:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
 from comfyui_stylemamba.stylemamba.model import StyleFusionModel
+
+TINY_EMBED_DIM = 32
+TINY_WORDS = "a an the photo of in style painting oil by van gogh watercolor sketch rendering picture artwork pencil".split()
 
 
 def tiny_config(**overrides) -> StyleMambaConfig:
@@ -39,3 +44,24 @@ def word_level_tokenizer(words: list[str], max_length: int = 16):
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", eos_token="</s>")
     tokenizer.model_max_length = max_length
     return tokenizer
+
+
+def build_tiny_siglip(folder: Path) -> Path:
+    """A 2-layer SigLIP with a word-level tokenizer, saved like a hub folder (config, weights, tokenizer)."""
+    from transformers import SiglipConfig, SiglipModel
+
+    tokenizer = word_level_tokenizer(TINY_WORDS)
+    torch.manual_seed(0)
+    config = SiglipConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, eos_token_id=2, bos_token_id=2,
+        ),
+        vision_config=dict(
+            hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+            image_size=32, patch_size=8,
+        ),
+    )
+    SiglipModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -5,6 +5,8 @@ Maps node type → (input socket name → type, output types). Widget-only input
 
 CORE_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "LoadImage": ({}, ("IMAGE", "MASK")),
+    "LoadImageMask": ({}, ("MASK",)),
+    "InvertMask": ({"mask": "MASK"}, ("MASK",)),
     "VAELoader": ({}, ("VAE",)),
     "VAEEncode": ({"pixels": "IMAGE", "vae": "VAE"}, ("LATENT",)),
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, ("IMAGE",)),

@@ -7,32 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from builders import word_level_tokenizer
+from builders import TINY_EMBED_DIM, TINY_WORDS, build_tiny_siglip  # noqa: F401 (tests import them from here)
+from builders import tiny_config, trained_like
+from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba, save_checkpoint
 
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
-TINY_EMBED_DIM = 32
-TINY_WORDS = "a an the photo of in style painting oil by van gogh watercolor sketch rendering picture artwork pencil".split()
-
-
-def build_tiny_siglip(folder: Path) -> Path:
-    """A 2-layer SigLIP with a word-level tokenizer, saved like a hub folder (config, weights, tokenizer)."""
-    from transformers import SiglipConfig, SiglipModel
-
-    tokenizer = word_level_tokenizer(TINY_WORDS)
-    torch.manual_seed(0)
-    config = SiglipConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=16, pad_token_id=0, eos_token_id=2, bos_token_id=2,
-        ),
-        vision_config=dict(
-            hidden_size=TINY_EMBED_DIM, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=32, patch_size=8,
-        ),
-    )
-    SiglipModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def build_tiny_vae(folder: Path, latent_channels: int = 4) -> Path:
@@ -63,3 +42,10 @@ def shared_assets() -> Path:
     if not SHARED_ASSETS.is_dir():
         pytest.skip(f"shared test assets not found at {SHARED_ASSETS} (only present in the project checkout)")
     return SHARED_ASSETS
+
+
+@pytest.fixture
+def checkpoint(tmp_path, tiny_siglip) -> Path:
+    """A trained-like StyleMamba checkpoint for the tiny SigLIP, as the commands load it."""
+    style_mamba = StyleMamba(model=trained_like(tiny_config(style_dim=TINY_EMBED_DIM)), text_encoder=str(tiny_siglip))
+    return save_checkpoint(style_mamba, tmp_path / "style.safetensors")

@@ -45,13 +45,14 @@ def layer_of(name: str) -> str:
 
 
 #: Which layers each layer may import (data flows node → cli/training → core → kernels, never back).
+#: ``errors`` (the pack's exception base, which imports nothing) lies under every layer but the standalone kernels.
 ALLOWED = {
     "kernels": {"kernels"},
-    "stylemamba": {"stylemamba", "kernels"},
-    "stylestudio": {"stylestudio"},
-    "training": {"training", "stylemamba", "kernels"},
-    "cli": {"cli", "training", "stylemamba", "kernels"},
-    "nodes": {"nodes", "training", "stylemamba", "stylestudio", "kernels"},
+    "stylemamba": {"stylemamba", "kernels", "errors"},
+    "stylestudio": {"stylestudio", "errors"},
+    "training": {"training", "stylemamba", "kernels", "errors"},
+    "cli": {"cli", "training", "stylemamba", "kernels", "errors"},
+    "nodes": {"nodes", "training", "stylemamba", "stylestudio", "kernels", "errors"},
 }
 
 
@@ -80,6 +81,11 @@ def test_kernels_import_nothing_above_them():
     for path in package_files("kernels"):
         for level, module, line in imports_of(path):
             assert level <= 1, f"kernels/{path.name}:{line} imports from {'.' * level}{module}"
+
+
+def test_errors_module_imports_nothing_from_the_pack():
+    """Every layer imports the exception base, so it must sit below all of them."""
+    assert all(level == 0 for level, _, _ in imports_of(ROOT / "errors.py"))
 
 
 def test_model_core_is_split_from_training_and_cli():
@@ -113,7 +119,8 @@ def test_only_one_import_name_is_installed():
     assert config["package-dir"] == {"comfyui_stylemamba": "."}
     assert all(p == "comfyui_stylemamba" or p.startswith("comfyui_stylemamba.") for p in config["packages"])
     on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in ROOT.rglob("*/__init__.py")
-               if p.parent.parts[len(ROOT.parts)] not in ("tests", "benchmarks", ".venv", "build")}
+               if p.parent.parts[len(ROOT.parts)] not in ("tests", "benchmarks", "build")
+               and not p.parent.parts[len(ROOT.parts)].startswith(".")}  # .venv, .cache (the ComfyUI tier's)
     listed = {p.split(".", 1)[1] for p in config["packages"] if "." in p}
     assert on_disk == listed, "every sub-package must be listed in pyproject.toml (and no other)"
 

@@ -144,7 +144,13 @@ def test_bad_metadata_is_named(tmp_path, trained, change, message):
         load_checkpoint(path)
 
 
-def test_latent_check_explains_the_family(trained):
-    with pytest.raises(CheckpointError, match="has 32 channels: it comes from a Flux.2 VAE"):
-        trained.check_latent_channels(32)
-    new_style_mamba(StyleMambaConfig(latent_channels=16)).check_latent_channels(16)
+def test_latent_check_explains_the_family_with_one_error_type(trained):
+    """The up-front check (stylize, fit, commands) and the model's own are one check with one message and type."""
+    from comfyui_stylemamba.stylemamba.model import ModelInputError
+
+    message = "expects 4-channel latents .an SD1.5/SDXL VAE., but the LATENT has 32 channels: it comes from a Flux.2 VAE"
+    with pytest.raises(ModelInputError, match=message):
+        trained.model.check_latent_channels(32)
+    with pytest.raises(ModelInputError, match=message):
+        trained.model(torch.randn(1, 32, 4, 4), torch.randn(1, 8))
+    new_style_mamba(StyleMambaConfig(latent_channels=16)).model.check_latent_channels(16)

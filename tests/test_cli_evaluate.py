@@ -10,9 +10,9 @@ import torch
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba, save_checkpoint
 from comfyui_stylemamba.stylemamba.cli import build_parser, main
-from comfyui_stylemamba.stylemamba.cli.evaluate import Score, markdown_table, read_styles, square
+from comfyui_stylemamba.stylemamba.cli.evaluate import Score, markdown_table, read_styles
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
-from comfyui_stylemamba.stylemamba.images import load_image, save_image
+from comfyui_stylemamba.stylemamba.images import load_image, save_image, square
 from comfyui_stylemamba.stylemamba.vae import load_diffusers_vae
 from comfyui_stylemamba.stylemamba.training.vgg import VGG19Features
 
@@ -126,3 +126,34 @@ def test_help_lists_the_options(capsys):
         build_parser().parse_args(["evaluate", "--help"])
     assert exit_info.value.code == 0
     assert "--baseline-iterations" in capsys.readouterr().out
+
+
+def test_style_images_are_scored_by_image_style_similarity(setup, tiny_vae, tmp_path, tiny_siglip):
+    from comfyui_stylemamba.stylemamba.encoders import ImageEncoder
+
+    reference = save_image(torch.rand(1, 3, 20, 24, generator=torch.Generator().manual_seed(5)), tmp_path / "paper.png")
+    output = tmp_path / "out"
+    assert main([*arguments(setup, tiny_vae, output), "--style-image", str(reference), "--baseline", "clipstyler", "--baseline-iterations", "1"]) == 0
+    report = (output / "results.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| method"))
+    assert "CLIP score (SigLIP)" in header and "image-style similarity (SigLIP)" in header
+    row = next(line for line in report.splitlines() if line.startswith(f"| StyleMamba | {reference} |")).split("|")[3:-1]
+    assert row[0].strip() == "n/a"  # no text to score against
+    encoder = ImageEncoder.from_pretrained(str(tiny_siglip))
+    with torch.no_grad():
+        target = encoder.encode(load_image(reference))
+        styled = [load_image(output / "images" / "StyleMamba" / f"{name}-png__{re.sub('[^a-z0-9]+', '-', str(reference).lower()).strip('-')[:40]}.png")
+                  for name in ("wide", "square")]
+        expected = torch.stack([torch.cosine_similarity(encoder.encode(image), target) for image in styled]).mean().item()
+    assert float(row[1]) == pytest.approx(expected, abs=2e-3)  # the saved PNGs are 8-bit
+    assert not any(line.startswith(f"| CLIPstyler | {reference} |") for line in report.splitlines())  # the baseline is text-driven
+    text_only = next(line for line in report.splitlines() if line.startswith("| StyleMamba | oil painting |")).split("|")[3:-1]
+    assert text_only[1].strip() == "n/a" and float(text_only[0]) == float(text_only[0])
+
+
+def test_evaluate_needs_prompts_or_style_images(setup, tiny_vae, tmp_path, capsys):
+    base = ["evaluate", "--checkpoint", str(setup["checkpoint"]), "--images", str(setup["images"]), "--vae", str(tiny_vae), "-o", str(tmp_path / "out")]
+    assert main(base) == 2
+    assert "no styles to evaluate: pass --styles FILE (prompts) and/or --style-image PATH" in capsys.readouterr().err
+    assert main(base + ["--style-image", str(tmp_path / "absent.png")]) == 2
+    assert "image not found" in capsys.readouterr().err

@@ -16,12 +16,6 @@ from builders import tiny_config, trained_like
 
 
 @pytest.fixture
-def checkpoint(tmp_path, tiny_siglip):
-    style_mamba = StyleMamba(model=trained_like(tiny_config(style_dim=32)), text_encoder=str(tiny_siglip))
-    return save_checkpoint(style_mamba, tmp_path / "style.safetensors")
-
-
-@pytest.fixture
 def content(tmp_path):
     torch.manual_seed(0)
     return save_image(torch.rand(1, 3, 21, 30), tmp_path / "content.png")

@@ -58,3 +58,30 @@ def test_image_style(tiny_siglip):
     assert style.target.shape == style.source.shape == (1, TINY_EMBED_DIM)
     with pytest.raises(ValueError, match="at least one style image"):
         encode_image_style(encoder, torch.rand(0, 3, 32, 32), torch.rand(1, 3, 32, 32))
+
+
+def test_style_width_comes_from_the_config_alone(tmp_path, tiny_siglip):
+    from transformers import SiglipConfig, SiglipTextConfig
+
+    from comfyui_stylemamba.stylemamba.config import config_for_encoder
+    from comfyui_stylemamba.stylemamba.encoders import embedding_width
+
+    assert embedding_width(str(tiny_siglip)) == TextEncoder.from_pretrained(str(tiny_siglip)).embed_dim == TINY_EMBED_DIM
+    full = tmp_path / "so400m-like"
+    SiglipConfig(text_config=dict(hidden_size=64, projection_size=48, num_attention_heads=2)).save_pretrained(full)
+    text_only = tmp_path / "text-only"
+    SiglipTextConfig(hidden_size=40, num_attention_heads=2).save_pretrained(text_only)
+    assert sorted(p.name for p in full.iterdir()) == ["config.json"]  # no weights to load
+    assert embedding_width(str(full)) == 48 and embedding_width(str(text_only)) == 40
+    config = config_for_encoder(str(full), latent_channels=16, width=32)
+    assert (config.style_dim, config.latent_channels, config.width) == (48, 16, 32)
+    with pytest.raises(EncoderNotFoundError, match="models/siglip/missing"):
+        embedding_width(str(tmp_path / "missing"))
+
+
+def test_encoder_identity_normalises_paths_and_hub_ids():
+    from comfyui_stylemamba.stylemamba.encoders import encoder_identity
+
+    assert encoder_identity("google/siglip-base-patch16-224", 768) == ("siglip-base-patch16-224", 768)
+    assert encoder_identity("C:\\ComfyUI\\models\\siglip\\SigLIP-Base-Patch16-224\\", 768) == ("siglip-base-patch16-224", 768)
+    assert encoder_identity("siglip-so400m-patch14-384", 1152) != encoder_identity("siglip-base-patch16-224", 1152)

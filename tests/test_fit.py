@@ -141,3 +141,23 @@ def test_real_taef2_content_and_tv_fit_keeps_the_photo(shared_assets):
     with torch.no_grad():
         decoded = tae.decode(result.style_mamba.model(tae.encode(photo), style.target))
     assert ssim(decoded, photo).item() >= 0.9
+
+
+def test_fit_model_is_the_set_up_node_and_commands_share(vae, image_encoder, content, tiny_siglip):
+    from comfyui_stylemamba.stylemamba.training.fit import fit_model
+
+    style = StyleEmbedding(torch.randn(1, 32), torch.randn(1, 32), "oil painting", encoder=str(tiny_siglip))
+    wide = torch.nn.functional.interpolate(content, size=(16, 40), mode="bilinear")
+    result = fit_model(
+        style, wide, vae.encode, vae.decode, image_encoder, settings(iterations=2), "my-siglip", vae.latent_channels,
+        max_resolution=20, multiple=vae.downscale, record={"source_text": "photo"},
+    )
+    fitted = result.style_mamba
+    assert (fitted.config.style_dim, fitted.config.latent_channels) == (32, 4)  # sized by the encoder's own config
+    assert fitted.text_encoder == fitted.training["text_encoder"] == "my-siglip"
+    assert fitted.training["content_size"] == [8, 20] and fitted.training["source_text"] == "photo"
+    assert fitted.training["stopped_early"] is False and fitted.training["seconds"] >= 0
+    again = fit_model(style, wide, vae.encode, vae.decode, image_encoder, settings(iterations=1), "other", 4, 20, 2, start=fitted)
+    assert again.style_mamba.text_encoder == "other" and again.style_mamba.training["previous"]["text_encoder"] == "my-siglip"
+    with pytest.raises(ValueError, match="max_resolution must be at least the VAE's downscale factor 8, got 4"):
+        fit_model(style, wide, vae.encode, vae.decode, image_encoder, settings(), "x", 4, max_resolution=4, multiple=8)

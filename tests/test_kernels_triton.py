@@ -4,6 +4,8 @@ Triton decides at kernel definition whether to interpret, so the cases run in a 
 the flag before importing anything: it never reaches the other tests of this pytest process. The child
 prints the largest errors as JSON; the tests here assert on them. The interpreter is slow, so shapes are
 tiny and ``CHUNK``/``BLOCK_D`` are shrunk so that they still span several chunks and channel blocks.
+
+``STYLEMAMBA_TRITON_DEVICE=cuda`` runs the same cases compiled on the GPU instead (benchmarks/gpu_suite.sh).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import pytest
 
 import torch
 
+#: Where the child runs the kernels: "cpu" under the interpreter, or "cuda" compiled.
+DEVICE = os.environ.get("STYLEMAMBA_TRITON_DEVICE", "cpu")
+
 CASES = {
     # name: tolerance on the largest error relative to the reference's largest magnitude
     "1d_grouped_all_options": 1e-5,
@@ -31,7 +36,7 @@ CASES = {
 
 
 def _relative_errors(out, ref, inputs) -> dict[str, float]:
-    cotangent = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(ref.dtype)
+    cotangent = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1)).to(ref)
     got = torch.autograd.grad(out, inputs, cotangent)
     want = torch.autograd.grad(ref, inputs, cotangent)
     finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in got)
@@ -42,41 +47,61 @@ def _relative_errors(out, ref, inputs) -> dict[str, float]:
     return dict(values=rel(out, ref), grads=max(rel(g, w) for g, w in zip(got, want)), finite=finite)
 
 
+def run_self_checks() -> dict[str, dict]:
+    """The self-check ``backend='triton'`` runs before first use, on the real kernels at their real block
+    sizes, per dtype; explicit use must then pass without checking again (child process only)."""
+    import dataclasses
+
+    from comfyui_stylemamba.kernels import resolve_backend, self_check
+
+    device = torch.device(DEVICE)
+    verdicts = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        assert resolve_backend("triton", device, dtype) == "triton"
+        verdicts[str(dtype)] = dataclasses.asdict(self_check.cached_verdicts()[-1])
+    assert len(self_check.cached_verdicts()) == 2
+    return verdicts
+
+
 def run_cases() -> dict[str, dict[str, float]]:
-    """Every case on backend='triton' and 'reference' (child process only)."""
+    """Every case on backend='triton' and 'reference' (child process only); checks first, at real sizes."""
     from comfyui_stylemamba.kernels import cross_scan_2d, selective_scan, triton_scan
     from test_kernels import make_1d, make_2d
 
+    results: dict = {"self_check": run_self_checks()}
     triton_scan.CHUNK, triton_scan.BLOCK_D = 4, 4
-    results = {}
+
+    def on_device(x: dict) -> dict:
+        return {k: v.detach().to(DEVICE).requires_grad_(v.requires_grad) for k, v in x.items()}
 
     def one_d(name, x, inputs, **options):
         out = selective_scan(**x, **options, backend="triton")
         ref = selective_scan(**x, **options, backend="reference")
         results[name] = _relative_errors(out, ref, inputs)
 
-    x = make_1d(2, 6, 3, 9, groups=2)
+    x = on_device(make_1d(2, 6, 3, 9, groups=2))
     out, last = selective_scan(**x, delta_softplus=True, return_last_state=True, backend="triton")
     ref, ref_last = selective_scan(**x, delta_softplus=True, return_last_state=True, backend="reference")
     results["1d_grouped_all_options"] = _relative_errors(out, ref, list(x.values()))
     results["1d_grouped_all_options"]["last_state"] = (last - ref_last).abs().max().item()
 
-    x = make_1d(1, 5, 4, 7)
+    x = on_device(make_1d(1, 5, 4, 7))
     core = {k: x[k] for k in ("u", "delta", "A", "B", "C")}
     one_d("1d_plain_two_channel_blocks", core, list(core.values()))
 
-    x = make_1d(1, 4, 4, 6, groups=2, dtype=torch.bfloat16)
+    x = on_device(make_1d(1, 4, 4, 6, groups=2, dtype=torch.bfloat16))
     one_d("1d_bf16", x, [x[k] for k in ("u", "delta", "B", "C", "z")], delta_softplus=True)
 
     x = make_1d(1, 4, 4, 6)
     extreme = {k: x[k] for k in ("u", "B", "C")}
     extreme["delta"] = (torch.rand(1, 4, 6, generator=torch.Generator().manual_seed(3)) * 1e4).requires_grad_()
     extreme["A"] = torch.full((4, 4), -50.0, requires_grad=True)
+    extreme = on_device(extreme)
     one_d("1d_extreme_delta", extreme, list(extreme.values()), delta_softplus=True)
 
     for name, shape in [("2d_four_directions", (1, 5, 3, 3, 2, 4)), ("2d_two_directions", (2, 3, 2, 2, 3, 2)),
                         ("2d_one_direction", (1, 3, 2, 1, 5, 1))]:
-        x = make_2d(*shape)
+        x = on_device(make_2d(*shape))
         out = cross_scan_2d(**x, backend="triton")
         ref = cross_scan_2d(**x, backend="reference")
         results[name] = _relative_errors(out, ref, list(x.values()))
@@ -86,7 +111,12 @@ def run_cases() -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, dict[str, float]]:
     pytest.importorskip("triton", reason="triton is not installed: pip install .[test]")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    if DEVICE == "cpu":
+        env = {**os.environ, "TRITON_INTERPRET": "1"}
+    else:
+        if not torch.cuda.is_available():
+            pytest.skip(f"STYLEMAMBA_TRITON_DEVICE={DEVICE} but no CUDA device is available")
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     child = subprocess.run(
         [sys.executable, __file__], env=env, cwd=Path(__file__).parent, capture_output=True, text=True, timeout=600
     )
@@ -104,6 +134,16 @@ def test_triton_matches_reference(interpreted, case):
 
 def test_triton_returns_the_last_state(interpreted):
     assert interpreted["1d_grouped_all_options"]["last_state"] < 1e-5
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("torch.float32", 1e-4), ("torch.bfloat16", 3e-2)])
+def test_self_check_passes_on_the_interpreted_kernels(interpreted, dtype, tolerance):
+    """The check itself on real kernels: it compares, finds them within its tolerance, and says so."""
+    verdict = interpreted["self_check"][dtype]
+    assert verdict["backend"] == "triton" and verdict["device"].startswith(DEVICE) and verdict["error"] is None
+    assert verdict["passed"] and verdict["tolerance"] == tolerance
+    # well inside the tolerance: fp32 noise, or bf16 rounding of outputs and gradients (1 unit is 2**-8)
+    assert verdict["difference"] < tolerance / 3
 
 
 if __name__ == "__main__":

@@ -171,8 +171,19 @@ def test_patch_loss_on_siglip_crops_larger_than_the_image(siglip_images):
     assert styled.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("channels, scale, shift", [(4, 1 / 0.18215, 0.0), (16, 1 / 1.5305, 0.0609)], ids=["SD1.5", "SD3"])
+def test_latent_content_loss_means_the_same_on_every_vae_scale(channels, scale, shift):
+    """Raw SD1.5 latents spread ~8x wider than SD3's: the same relative change must still cost the same."""
+    torch.manual_seed(0)
+    content = torch.randn(2, channels, 8, 8) * scale + shift
+    mean = content.mean(dim=(2, 3), keepdim=True)
+    styled = mean + 1.1 * (content - mean)  # every channel's contrast up by 10 %
+    assert losses.latent_content_loss(styled, content).item() == pytest.approx(0.01, rel=1e-4)
+    offset = content + 0.5 * content.std(dim=(2, 3), keepdim=True, unbiased=False)  # half a std brighter
+    assert losses.latent_content_loss(offset, content).item() == pytest.approx(0.25, rel=1e-4)
+
+
 def test_content_losses(siglip_images):
-    assert losses.latent_content_loss(torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)).item() == 1.0
     content = torch.rand(1, 3, 32, 32)
     assert losses.siglip_content_loss(siglip_images, content, content).item() == 0.0
     styled = content.flip(-1).requires_grad_()
@@ -255,3 +266,41 @@ def test_vgg_loader_round_trip_and_errors(random_vgg, tmp_path):
     torch.save(truncated, tmp_path / "vgg16ish.pth")
     with pytest.raises(VGGWeightsError, match=r"missing features\.34\.bias.*features\.0\.weight: file has shape \(64, 3, 5, 5\)"):
         load_vgg19(tmp_path / "vgg16ish.pth")
+
+
+def test_fit_training_and_clipstyler_assemble_the_same_terms():
+    """One assembly: the per-style fit, multi-style training and the baseline weigh the same terms alike."""
+    from comfyui_stylemamba.stylemamba.style import StyleEmbedding
+    from comfyui_stylemamba.stylemamba.training.clipstyler import clipstyler_losses
+    from comfyui_stylemamba.stylemamba.training.fit import FitSettings, StyleObjective
+    from comfyui_stylemamba.stylemamba.training.train import TrainingData, multi_style_loss
+
+    from builders import tiny_config, trained_like
+
+    encoder = LinearEncoder()
+    model = trained_like(tiny_config(style_dim=16))
+    projection = torch.randn(3, 4, 1, 1, generator=torch.Generator().manual_seed(1))
+
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.interpolate(F.conv2d(latents, projection), scale_factor=4.0))
+
+    torch.manual_seed(2)
+    latents, target, source = torch.randn(1, 4, 8, 8) * 5, F.normalize(torch.randn(1, 16), dim=-1), F.normalize(torch.randn(1, 16), dim=-1)
+    style = StyleEmbedding(target, source, "ink", "enc")
+    weights = losses.LossWeights(directional=0.0, second_order=0.0, num_crops=3, crop_size=16, mask_patch_size=8)
+    reference = decode(latents)
+    styled_latents = model(latents, target)
+    images = decode(styled_latents)
+    fit_terms = StyleObjective(encoder, style, latents, reference, FitSettings(weights=weights))(
+        styled_latents, images, torch.Generator().manual_seed(3)
+    )
+    data = TrainingData(latents, reference, encoder.encode(reference), ["ink"], target, style.direction)
+    index = torch.tensor([0])
+    train_terms = multi_style_loss(model, decode, encoder, data, index, index, weights, torch.Generator().manual_seed(3))
+    assert set(fit_terms) == set(train_terms) == {"masked", "patch", "content", "tv", "total"}  # a 0 weight adds no term
+    for name, value in fit_terms.items():
+        torch.testing.assert_close(train_terms[name], value)
+    baseline = clipstyler_losses(images, reference, data.reference_features, style.direction, encoder, weights, None, torch.Generator().manual_seed(3))
+    assert set(baseline) == {"patch", "content", "tv", "total"}  # CLIPstyler has no masked term
+    torch.testing.assert_close(baseline["tv"], fit_terms["tv"])
+    torch.testing.assert_close(baseline["total"], baseline["patch"] + baseline["content"] + baseline["tv"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import shutil
 import sys
 import types
 
@@ -13,9 +14,8 @@ from comfyui_stylemamba import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from comfyui_stylemamba.nodes import comfy_bridge
 from comfyui_stylemamba.nodes.stylemamba_nodes import NEW_MODEL, LoadStyleMamba, StyleFuse, TextStyleEncode
 from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba, save_checkpoint
-from comfyui_stylemamba.stylemamba.config import StyleMambaConfig
 
-from builders import tiny_config, trained_like
+from builders import TINY_EMBED_DIM, tiny_config, trained_like
 
 
 @pytest.mark.parametrize("name", sorted(NODE_CLASS_MAPPINGS))
@@ -61,15 +61,29 @@ def test_fuse_graph_without_comfyui(tiny_siglip):
     assert (out["samples"][..., :3] - latent["samples"][..., :3]).abs().max() > 1e-4
 
 
-def test_new_model_node_changes_nothing():
-    (style_mamba,) = LoadStyleMamba().load(NEW_MODEL, "from checkpoint", latent_channels=16)
-    assert style_mamba.config.latent_channels == 16
+def test_new_model_takes_its_style_width_from_the_chosen_encoder_and_changes_nothing(tiny_siglip):
+    (style_mamba,) = LoadStyleMamba().load(NEW_MODEL, str(tiny_siglip), latent_channels=16)
+    assert (style_mamba.config.latent_channels, style_mamba.config.style_dim) == (16, TINY_EMBED_DIM)  # not SigLIP-base's 768
+    assert style_mamba.text_encoder == str(tiny_siglip)
+    (style,) = TextStyleEncode().encode(style_mamba, "watercolor sketch")
     samples = torch.randn(1, 16, 6, 6)
-    from comfyui_stylemamba.stylemamba.style import StyleEmbedding
-
-    style = StyleEmbedding(torch.randn(1, 768), torch.randn(1, 768), "x", "enc")
     (out,) = StyleFuse().fuse(style_mamba, {"samples": samples}, style, 2.0)
     assert torch.equal(out["samples"], samples)
+
+
+def test_style_fuse_refuses_a_style_from_another_encoder_until_the_loader_names_it(tiny_siglip, tmp_path, fake_folder_paths):
+    other = tmp_path / "models" / "siglip" / "other-siglip"
+    shutil.copytree(tiny_siglip, other)  # same width and weights, another model as far as ids go
+    saved = StyleMamba(model=trained_like(tiny_config(style_dim=TINY_EMBED_DIM)), text_encoder=str(tiny_siglip))
+    save_checkpoint(saved, fake_folder_paths[1] / "ink.safetensors")
+    (style,) = TextStyleEncode().encode(LoadStyleMamba().load(NEW_MODEL, "other-siglip")[0], "oil painting")
+    assert style.encoder == str(other)
+    latent = {"samples": torch.randn(1, 4, 6, 6)}
+    (trained,) = LoadStyleMamba().load("ink.safetensors", "from checkpoint")
+    with pytest.raises(ValueError, match=f"encoded with SigLIP '{other}' .32-d. but this StyleMamba model reads styles from '{tiny_siglip}'"):
+        StyleFuse().fuse(trained, latent, style, 1.0)
+    (overridden,) = LoadStyleMamba().load("ink.safetensors", "other-siglip")
+    assert StyleFuse().fuse(overridden, latent, style, 1.0)[0]["samples"].shape == (1, 4, 6, 6)
 
 
 def test_empty_style_text_is_refused():

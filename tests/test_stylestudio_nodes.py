@@ -49,3 +49,32 @@ def test_existing_patches_are_found_by_exact_key_then_block_key():
     assert _existing_patch({("output", 1, 0): exact, ("output", 1): block}, ("output", 1, 0)) is exact
     assert _existing_patch({("output", 1): block}, ("output", 1, 3)) is block
     assert _existing_patch({}, ("output", 1, 3)) is None
+
+
+class _RecordingClipVision:
+    """CLIP vision stand-in: features that depend on the image, and a record of the images it saw."""
+
+    image_size = 32
+
+    def __init__(self):
+        self.seen = []
+
+    def encode_image(self, image):
+        self.seen.append(image)
+        level = image.mean(dim=(1, 2, 3))
+        return {"image_embeds": level[:, None] + torch.arange(5.0), "penultimate_hidden_states": level[:, None, None] + torch.ones(1, 4, 6)}
+
+
+def test_plus_adapters_see_a_black_image_as_the_empty_image_and_the_others_zeroed_embeddings():
+    positive_embeds, positive_hidden = torch.randn(2, 5), torch.randn(2, 4, 6)
+    standard = IPAdapterWeights("ip-adapter.bin", "standard", {"proj.weight": torch.zeros(6, 5)}, {})
+    plus = IPAdapterWeights("ip-adapter-plus.bin", "plus", {"latents": torch.zeros(1, 2, 6), "proj_in.weight": torch.zeros(6, 6)}, {})
+
+    clip_vision = _RecordingClipVision()
+    assert torch.equal(StyleStudioCrossAdaIN._empty_image_features(clip_vision, standard, positive_embeds), torch.zeros(2, 5))
+    assert clip_vision.seen == []
+
+    features = StyleStudioCrossAdaIN._empty_image_features(clip_vision, plus, positive_hidden)
+    (black,) = clip_vision.seen
+    assert black.shape == (1, 32, 32, 3) and torch.count_nonzero(black) == 0  # a ComfyUI IMAGE, all black
+    assert torch.equal(features, torch.ones(1, 4, 6))  # the black image's penultimate hidden states

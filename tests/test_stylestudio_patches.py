@@ -124,7 +124,8 @@ def test_attn2_patch_chains_to_the_patch_it_replaced_and_survives_deepcopy():
     assert calls == [("output", 1)]
     # AdaIN keeps the previous patch's layout: out is an increasing affine map of it per channel
     assert torch.all(out[:, 1:] > out[:, :-1])
-    assert copy.deepcopy({"p": patch})["p"] is patch
+    twin = copy.deepcopy({"p": patch})["p"]  # what every ModelPatcher.clone() does to model_options
+    assert twin.style is patch.style and twin.previous is previous and twin.collected is not patch.collected
 
 
 # -- teacher --------------------------------------------------------------------------------------

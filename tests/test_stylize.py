@@ -14,7 +14,7 @@ from builders import tiny_config, trained_like
 
 @pytest.fixture
 def style_mamba() -> StyleMamba:
-    return StyleMamba(model=trained_like(tiny_config()).eval())
+    return StyleMamba(model=trained_like(tiny_config()).eval(), text_encoder="tiny")
 
 
 @pytest.fixture
@@ -70,3 +70,38 @@ def test_latent_mask_resizes_and_broadcasts():
     assert weights.shape == (3, 1, 4, 4)
     assert torch.equal(weights[:, :, :2], torch.ones(3, 1, 2, 4))
     assert torch.equal(weights[:, :, 2:], torch.zeros(3, 1, 2, 4))
+
+
+@pytest.mark.parametrize("strength", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_strength_is_refused(style_mamba, style, strength):
+    with pytest.raises(ValueError, match=f"strength must be a finite number, got {strength}"):
+        stylize_latents(style_mamba, torch.randn(1, 4, 4, 4), style, strength=strength)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_latents_and_masks_are_refused(style_mamba, style, bad):
+    samples = torch.randn(2, 4, 4, 4)
+    samples[1, 2, 0, 3] = bad
+    with pytest.raises(ValueError, match=r"LATENT samples holds 1 NaN/inf values \(of 128\)"):
+        stylize_latents(style_mamba, samples, style)
+    mask = torch.ones(1, 32, 32)
+    mask[0, 0, 0] = bad
+    with pytest.raises(ValueError, match=r"mask holds 1 NaN/inf values \(of 1024\)"):
+        stylize_latents(style_mamba, torch.randn(1, 4, 4, 4), style, mask=mask)
+
+
+def test_a_style_from_another_encoder_of_the_same_width_is_refused(style_mamba, style):
+    foreign = StyleEmbedding(style.target, style.source, "test", encoder="/models/siglip/other-siglip")
+    with pytest.raises(ValueError, match="encoded with SigLIP '/models/siglip/other-siglip' .8-d. but this StyleMamba model reads styles from 'tiny' .8-d."):
+        stylize_latents(style_mamba, torch.randn(1, 4, 4, 4), foreign)
+    style_mamba.text_encoder = "other-siglip"  # what LoadStyleMamba's text_encoder override does
+    assert stylize_latents(style_mamba, torch.randn(1, 4, 4, 4), foreign).shape == (1, 4, 4, 4)
+
+
+def test_hub_id_and_its_local_folder_name_the_same_encoder(style):
+    hub = StyleMamba(model=trained_like(tiny_config()).eval(), text_encoder="google/siglip-base-patch16-224")
+    local = StyleEmbedding(style.target, style.source, "test", encoder="/ComfyUI/models/siglip/SigLIP-base-patch16-224/")
+    assert stylize_latents(hub, torch.zeros(1, 4, 4, 4), local, strength=0.0).shape == (1, 4, 4, 4)
+    wider = StyleEmbedding(torch.randn(1, 16), torch.randn(1, 16), "test", encoder="google/siglip-base-patch16-224")
+    with pytest.raises(ValueError, match="'google/siglip-base-patch16-224' .16-d. but this StyleMamba model reads styles from 'google/siglip-base-patch16-224' .8-d."):
+        stylize_latents(hub, torch.zeros(1, 4, 4, 4), wider)

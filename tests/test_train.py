@@ -85,6 +85,14 @@ def test_ddp_with_two_gloo_processes(tmp_path, dataset, tiny_vae, tiny_siglip):
     assert not torch.equal(first.head.weight, second.head.weight)
 
 
+def test_train_and_evaluate_read_the_same_prompts(tmp_path):
+    from comfyui_stylemamba.stylemamba.cli import evaluate, train
+
+    path = tmp_path / "styles.txt"
+    path.write_text("# prompts\noil painting\n\npencil sketch  # a comment\noil painting\n")
+    assert train.read_styles(path) == evaluate.read_styles(path) == ["oil painting", "pencil sketch"]
+
+
 def test_styles_file_and_generators(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("# only a comment\n\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -66,13 +68,17 @@ def inputs(tiny_siglip):
     return dict(images=images, start=start)
 
 
-def train(comfy_vae, inputs, **overrides):
+def run_node(comfy_vae, inputs, **overrides) -> dict:
     arguments = dict(
         vae=comfy_vae, images=inputs["images"], style_text="oil painting", source_text="photo", iterations=3,
         learning_rate=5e-3, seed=1, training_decoder=FULL_VAE, max_resolution=512, style_mamba=inputs["start"],
     )
     with torch.inference_mode():  # exactly how ComfyUI calls every node
-        return TrainStyleMamba().train(**(arguments | overrides))[0]
+        return TrainStyleMamba().train(**(arguments | overrides))
+
+
+def train(comfy_vae, inputs, **overrides):
+    return run_node(comfy_vae, inputs, **overrides)["result"][0]
 
 
 def test_node_trains_under_inference_mode_and_gradients_pass_the_vae_decoder(comfy_vae, inputs):
@@ -85,14 +91,86 @@ def test_node_trains_under_inference_mode_and_gradients_pass_the_vae_decoder(com
     assert fitted.text_encoder == inputs["start"].text_encoder
 
 
-def test_interrupt_returns_the_best_model_so_far(comfy_vae, inputs, monkeypatch):
+def test_cancel_writes_the_best_model_so_far_and_says_where(comfy_vae, inputs, monkeypatch, tmp_path, caplog):
+    """ComfyUI ends the prompt before the next node after a Cancel: the fit must reach the disk itself."""
+    monkeypatch.chdir(tmp_path)  # outside ComfyUI new checkpoints go to the working directory
+    (tmp_path / f"{training_nodes.CANCELLED_PREFIX}_00001.safetensors").write_bytes(b"an earlier file")
     calls = []
     monkeypatch.setattr(comfy_bridge, "interrupt_requested", lambda: calls.append(1) or len(calls) >= 2)
-    fitted = train(comfy_vae, inputs, iterations=50)
+    with caplog.at_level("INFO"):
+        output = run_node(comfy_vae, inputs, iterations=50)
+    (fitted,) = output["result"]
     assert fitted.training["stopped_early"] and fitted.training["steps_run"] == 2
+    saved = tmp_path / f"{training_nodes.CANCELLED_PREFIX}_00002.safetensors"  # never overwrites
+    assert (tmp_path / f"{training_nodes.CANCELLED_PREFIX}_00001.safetensors").read_bytes() == b"an earlier file"
+    (text,) = output["ui"]["text"]
+    assert text.startswith("TrainStyleMamba: cancelled after step 2 of 50; the best model so far (best loss ")
+    assert text.endswith(f"is saved as {saved}: load {saved.name} with LoadStyleMamba") and text in caplog.text
+    loaded = load_checkpoint(saved)
+    assert loaded.training["stopped_early"] and loaded.text_encoder == fitted.text_encoder
+    latent, style = torch.randn(1, 4, 8, 12), torch.randn(1, 32)
     with torch.no_grad():
-        out = fitted.model(torch.randn(1, 4, 8, 12), torch.randn(1, 32))
-    assert torch.isfinite(out).all()
+        assert torch.equal(loaded.model(latent, style), fitted.model(latent, style))
+    assert "Cancel stops the fit and saves the best model so far as models/stylemamba/" in TrainStyleMamba.DESCRIPTION
+
+
+def test_a_finished_fit_saves_only_when_cancel_came_after_its_last_step(comfy_vae, inputs, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    output = run_node(comfy_vae, inputs, iterations=2)
+    assert output["ui"]["text"][0].startswith("TrainStyleMamba: fitted 2 steps in ")
+    assert list(tmp_path.iterdir()) == []
+    calls = []
+    monkeypatch.setattr(comfy_bridge, "interrupt_requested", lambda: calls.append(1) or len(calls) > 2)  # after step 2 of 2
+    output = run_node(comfy_vae, inputs, iterations=2)
+    assert not output["result"][0].training["stopped_early"]
+    assert output["ui"]["text"][0].startswith("TrainStyleMamba: cancelled after step 2 of 2")
+    assert [p.name for p in tmp_path.iterdir()] == [f"{training_nodes.CANCELLED_PREFIX}_00001.safetensors"]
+
+
+class FakeInterrupt(Exception):
+    """comfy.model_management.InterruptProcessingException."""
+
+
+def fake_comfy(monkeypatch) -> types.SimpleNamespace:
+    """comfy.model_management's Cancel flag and comfy.utils' ProgressBar, whose hook raises on Cancel as ComfyUI's server does."""
+    state = types.SimpleNamespace(cancel=False, updates=[])
+
+    def throw_if_cancelled():
+        if state.cancel:
+            state.cancel = False
+            raise FakeInterrupt()
+
+    class ProgressBar:
+        def __init__(self, total):
+            pass
+
+        def update_absolute(self, done, total, preview):
+            throw_if_cancelled()
+            state.updates.append(done)
+
+    def interrupt_current_processing(value=True):
+        state.cancel = value
+
+    management = types.SimpleNamespace(
+        InterruptProcessingException=FakeInterrupt, processing_interrupted=lambda: state.cancel,
+        interrupt_current_processing=interrupt_current_processing,
+    )
+    monkeypatch.setitem(sys.modules, "comfy.model_management", management)
+    monkeypatch.setitem(sys.modules, "comfy.utils", types.SimpleNamespace(ProgressBar=ProgressBar))
+    return state
+
+
+def test_progress_reports_a_cancel_without_raising_and_keeps_it_pending(monkeypatch):
+    state = fake_comfy(monkeypatch)
+    progress = comfy_bridge.Progress(10)
+    assert progress.update_unless_cancelled(1, 10) is False and state.updates == [1]
+    state.cancel = True  # pressed before the update
+    assert progress.update_unless_cancelled(2, 10) is True and state.cancel
+    state.cancel = False
+    monkeypatch.setattr(comfy_bridge, "interrupt_requested", lambda: False)  # pressed between the check and the hook
+    state.cancel = True
+    assert progress.update_unless_cancelled(3, 10) is True
+    assert state.cancel and state.updates == [1]  # set again, so ComfyUI still ends the prompt as cancelled
 
 
 def test_tiny_autoencoder_decoder_choice(comfy_vae, inputs, tmp_path, monkeypatch):
@@ -106,7 +184,7 @@ def test_tiny_autoencoder_decoder_choice(comfy_vae, inputs, tmp_path, monkeypatc
     fitted = train(comfy_vae, inputs, training_decoder="taesd_decoder.pth", iterations=2)
     assert fitted.training["settings"]["train_decoder"] == "taesd_decoder.pth"
     assert torch.count_nonzero(fitted.model.head.weight) > 0
-    with pytest.raises(ValueError, match="taesd3_decoder.pth decodes 16-channel latents .taesd3. but this VAE makes 4-channel"):
+    with pytest.raises(ValueError, match="taesd3_decoder.pth decodes 16-channel latents .taesd3. but the VAE makes 4-channel"):
         train(comfy_vae, inputs, training_decoder="taesd3_decoder.pth")
 
 

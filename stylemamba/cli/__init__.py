@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, fit, stylize, train
+from . import doctor, evaluate, fit, stylize, train
 
 #: Sub-command modules; each has ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-COMMANDS = {"stylize": stylize, "fit": fit, "train": train, "evaluate": evaluate}
+COMMANDS = {"stylize": stylize, "fit": fit, "train": train, "evaluate": evaluate, "doctor": doctor}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """``evaluate``: StyleMamba (and optionally CLIPstyler) on images × style prompts → markdown table + PNG grid.
 
 Every method is scored with the same metrics on the same square crops: CLIP score (cosine to the
-style text in SigLIP space, and in OpenAI-CLIP space when a model is given), SSIM to the content
+style text in SigLIP space, and in OpenAI-CLIP space when a model is given; for a style image, the
+SigLIP cosine to that image instead), SSIM to the content
 image, VGG-19 content loss (when weights are given), training time and inference time per image.
 """
 
@@ -16,21 +17,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..checkpoint import StyleMamba, load_checkpoint
 from ..training.clipstyler import ClipStylerSettings, synchronize, train_clipstyler
 from ..encoders import ImageEncoder, TextEncoder
-from ..images import list_images, load_image, save_image
+from ..image_style import encode_reference_style
+from ..images import list_images, load_image, resize, save_image, square, to_pil
 from ..training.losses import vgg_content_loss
 from ..training.metrics import OpenAIClip, siglip_clip_score, ssim
+from ..training.score import style_similarity
 from ..style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylize import stylize_latents
 from ..vae import DiffusersVAE, load_diffusers_vae, pad_to_multiple
 from ..training.vgg import VGG19Features, load_vgg19
+from .prompts import read_styles
+from .styles import load_reference
 
-HELP = "Score a StyleMamba checkpoint (and the CLIPstyler baseline) on images × style prompts: markdown table + PNG grid."
+HELP = "Score a StyleMamba checkpoint (and the CLIPstyler baseline) on images × style prompts and style images: markdown table + PNG grid."
 
 BASELINES = ("clipstyler",)
 STYLEMAMBA = "StyleMamba"
@@ -41,7 +45,11 @@ MIN_SIZE = 16  # SSIM's 11-px window must fit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="StyleMamba .safetensors checkpoint")
     parser.add_argument("--images", type=Path, required=True, help="folder of content images")
-    parser.add_argument("--styles", type=Path, required=True, help="text file, one style prompt per line ('#' starts a comment)")
+    parser.add_argument("--styles", type=Path, help="text file, one style prompt per line ('#' starts a comment)")
+    parser.add_argument(
+        "--style-image", type=Path, action="append", default=[], metavar="PATH",
+        help="a style reference image, scored by image-style similarity; repeat for more (with or without --styles)",
+    )
     parser.add_argument("--vae", help="diffusers VAE folder or hub id (default: the VAE recorded in the checkpoint)")
     parser.add_argument("--text-encoder", help="SigLIP folder or hub id (default: the one recorded in the checkpoint)")
     parser.add_argument("--source", default=DEFAULT_SOURCE_TEXT, help="text describing the content (default: %(default)r)")
@@ -57,26 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace results in an existing output folder")
 
 
-def read_styles(path: Path) -> list[str]:
-    """Non-empty, non-comment lines, in file order, duplicates dropped."""
-    if not path.is_file():
-        raise FileNotFoundError(f"styles file not found: {path}")
-    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    styles = list(dict.fromkeys(line for line in lines if line))
-    if not styles:
-        raise ValueError(f"{path} has no style prompts: write one per line, e.g. 'an oil painting by Van Gogh'")
-    return styles
-
-
-def square(image: torch.Tensor, size: int) -> torch.Tensor:
-    """Centre-crop to a square and resize to ``size`` px, so every method sees the same pixels."""
-    height, width = image.shape[-2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    crop = image[..., top : top + side, left : left + side]
-    return F.interpolate(crop, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "style"
 
@@ -86,12 +74,13 @@ class Score:
     method: str
     style: str
     image: str
-    siglip: float
+    siglip: float | None
     clip: float | None
     ssim: float
     vgg: float | None
     train_seconds: float | None
     inference_seconds: float
+    image_style: float | None = None
 
 
 @dataclass
@@ -104,10 +93,15 @@ class Scorer:
     vgg: VGG19Features | None
 
     @torch.no_grad()
-    def __call__(self, styled: torch.Tensor, content: torch.Tensor, style: str) -> dict[str, float | None]:
+    def __call__(
+        self, styled: torch.Tensor, content: torch.Tensor, style: str, image_style: StyleEmbedding | None = None
+    ) -> dict[str, float | None]:
+        """Text styles get CLIP scores to their text; image styles (``image_style``) the cosine to the style image's embedding."""
+        text = image_style is None
         return {
-            "siglip": siglip_clip_score(self.image_encoder, self.text_encoder, styled, style).item(),
-            "clip": self.clip.score(styled, style).item() if self.clip else None,
+            "siglip": siglip_clip_score(self.image_encoder, self.text_encoder, styled, style).item() if text else None,
+            "clip": self.clip.score(styled, style).item() if self.clip and text else None,
+            "image_style": None if text else style_similarity(self.image_encoder, styled, image_style).item(),
             "ssim": ssim(styled, content).item(),
             "vgg": vgg_content_loss(self.vgg, styled, content).item() if self.vgg else None,
         }
@@ -140,9 +134,11 @@ def mean(values: list[float | None]) -> float | None:
 
 def markdown_table(scores: list[Score]) -> str:
     """One row per method and style (means over images), then one per method over all styles."""
-    columns = [("CLIP score (SigLIP) ↑", "siglip", "{:.4f}")]
+    columns = [("CLIP score (SigLIP) ↑", "siglip", "{:.4f}")] if any(s.siglip is not None for s in scores) else []
     if any(s.clip is not None for s in scores):
         columns.append(("CLIP score (CLIP) ↑", "clip", "{:.4f}"))
+    if any(s.image_style is not None for s in scores):
+        columns.append(("image-style similarity (SigLIP) ↑", "image_style", "{:.4f}"))
     columns.append(("SSIM to content ↑", "ssim", "{:.4f}"))
     if any(s.vgg is not None for s in scores):
         columns.append(("VGG content loss ↓", "vgg", "{:.4g}"))
@@ -153,6 +149,7 @@ def markdown_table(scores: list[Score]) -> str:
     styles = list(dict.fromkeys(s.style for s in scores))
     for method in methods:
         groups = [(style, [s for s in scores if s.method == method and s.style == style]) for style in styles]
+        groups = [(style, group) for style, group in groups if group]  # the baseline skips style images
         groups.append(("**all styles**", [s for s in scores if s.method == method]))
         for style, group in groups:
             cells = []
@@ -176,16 +173,16 @@ def save_grid(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], pa
         top = header + row * (label + cell)
         draw.text((4, top + 2), title, fill="black")
         for index, image in enumerate(images):
-            thumb = F.interpolate(image.float().cpu(), size=(cell, cell), mode="bilinear", align_corners=False, antialias=True)
-            array = (thumb[0].clamp(0, 1).permute(1, 2, 0) * 255).round().byte().numpy()
-            canvas.paste(Image.fromarray(array), (index * cell, top + label))
+            canvas.paste(to_pil(resize(image.cpu(), (cell, cell))), (index * cell, top + label))
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
 
 
-def check_arguments(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
-    """Every input problem before any model loads."""
+def check_arguments(args: argparse.Namespace) -> tuple[list[Path], list[str], dict[str, torch.Tensor]]:
+    """Every input problem before any model loads; returns the content images, the prompts and the style images read."""
+    if args.styles is None and not args.style_image:
+        raise ValueError("no styles to evaluate: pass --styles FILE (prompts) and/or --style-image PATH")
     if args.baseline_iterations < 1:
         raise ValueError(f"--baseline-iterations must be at least 1, got {args.baseline_iterations}")
     if args.size < MIN_SIZE:
@@ -198,19 +195,21 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[Path], list[str]]:
         raise FileExistsError(f"{args.output / 'results.md'} already exists; pass --overwrite or choose another folder")
     if args.vgg_weights is not None and not args.vgg_weights.is_file():
         raise FileNotFoundError(f"--vgg-weights file not found: {args.vgg_weights}")
-    return list_images(args.images), read_styles(args.styles)
+    prompts = read_styles(args.styles) if args.styles is not None else []
+    return list_images(args.images), prompts, {str(path): load_reference(path) for path in args.style_image}
 
 
 def run(args: argparse.Namespace) -> int:
-    image_paths, styles = check_arguments(args)
+    image_paths, prompts, references = check_arguments(args)
+    styles = prompts + list(references)
     device = args.device
     style_mamba = load_checkpoint(args.checkpoint, device)
     vae_name = args.vae or style_mamba.training.get("vae")
     if not vae_name:
         raise ValueError("the checkpoint does not record its VAE: pass --vae (the diffusers VAE it was trained on)")
     vae = load_diffusers_vae(vae_name, device)
-    style_mamba.check_latent_channels(vae.latent_channels)
-    encoder_name = args.text_encoder or style_mamba.text_encoder
+    style_mamba.model.check_latent_channels(vae.latent_channels)
+    encoder_name = style_mamba.text_encoder = args.text_encoder or style_mamba.text_encoder
     text_encoder = TextEncoder.from_pretrained(encoder_name)
     scorer = Scorer(
         image_encoder=ImageEncoder.from_pretrained(encoder_name),
@@ -219,7 +218,11 @@ def run(args: argparse.Namespace) -> int:
         vgg=load_vgg19(args.vgg_weights, device) if args.vgg_weights else None,
     )
     contents = {path.name: square(load_image(path), args.size).to(device) for path in image_paths}
-    embeddings = {style: encode_text_style(text_encoder, style, args.source) for style in styles}
+    embeddings = {style: encode_text_style(text_encoder, style, args.source) for style in prompts}
+    if references:
+        with torch.no_grad():
+            source = text_encoder.encode_style(args.source).cpu()
+        embeddings |= {name: encode_reference_style(scorer.image_encoder, [image], source) for name, image in references.items()}
     baseline_settings = ClipStylerSettings(iterations=args.baseline_iterations, seed=args.seed)
     fit_seconds = recorded_seconds(style_mamba.training)
     first_content = next(iter(contents.values()))
@@ -232,9 +235,11 @@ def run(args: argparse.Namespace) -> int:
         for name, content in contents.items():
             outputs = [content]
             styled, seconds = stylemamba_image(style_mamba, vae, content, embeddings[style], args.strength, device)
-            scores.append(Score(STYLEMAMBA, style, name, **scorer(styled, content, style), train_seconds=fit_seconds, inference_seconds=seconds))
+            image_style = embeddings[style] if style in references else None
+            scores.append(Score(STYLEMAMBA, style, name, **scorer(styled, content, style, image_style),
+                                train_seconds=fit_seconds, inference_seconds=seconds))
             outputs.append(styled)
-            if args.baseline == "clipstyler":
+            if args.baseline == "clipstyler" and image_style is None:  # CLIPstyler is text-driven
                 work.set_postfix_str(f"CLIPstyler on {name}")
                 result = train_clipstyler(
                     content, embeddings[style], scorer.image_encoder, baseline_settings, scorer.vgg,
@@ -271,7 +276,8 @@ def report_text(args: argparse.Namespace, vae_name: str, encoder_name: str, scor
         f"- images: `{args.images}` at {args.size}×{args.size} px, source text {args.source!r}\n"
         f"- baseline: {baseline}\n- device: {args.device}\n\n"
         + markdown_table(scores)
-        + "\nCLIP scores are plain cosines to the style text. StyleMamba's training time is the checkpoint's "
+        + "\nCLIP scores are plain cosines to the style text; for a style image, the image-style similarity is the "
+        "cosine between the SigLIP embeddings of the styled image and the style image (the baseline runs for text styles only). StyleMamba's training time is the checkpoint's "
         "recorded fit time (one fit serves every image of a style); CLIPstyler trains once per image and prompt. "
         "Inference time is VAE encode + fusion + decode for StyleMamba, one StyleNet pass for CLIPstyler.\n"
     )

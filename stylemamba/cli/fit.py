@@ -12,16 +12,19 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..checkpoint import load_checkpoint, new_style_mamba, save_checkpoint
-from ..config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..config import DEFAULT_TEXT_ENCODER
 from ..encoders import ImageEncoder, TextEncoder
-from ..training.fit import CONTENT_LOSSES, FitResult, FitSettings, fit_resolution, fit_style
-from ..images import load_image
+from ..training.fit import CONTENT_LOSSES, FitResult, FitSettings, fit_model
+from ..images import load_image, resize
+from ..training.losses import STYLE_STATISTICS, LossWeights
+from ..training.reference_styles import fit_target_style
+from .styles import load_reference
 from ..style import DEFAULT_SOURCE_TEXT, encode_text_style
-from ..training.taesd import FAMILIES, find_pair, load_tiny_autoencoder
+from ..training.taesd import FAMILIES, load_tiny_decoder
 from ..vae import DiffusersVAE, load_diffusers_vae
 
-HELP = "Fit a StyleMamba checkpoint to one style text on a few content images."
+HELP = "Fit a StyleMamba checkpoint to one style (a text, style images, or both) on a few content images."
 
 #: The public SD1.5 VAE (diffusers format) used when none is named.
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
@@ -40,12 +43,26 @@ def add_fit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument("--tiny-family", choices=sorted(FAMILIES), help="family of --train-decoder when its file name does not say it")
     parser.add_argument("--max-resolution", type=int, default=512, help="longer image side while fitting (default: %(default)s)")
     parser.add_argument("--content-loss", choices=CONTENT_LOSSES, default="latent", help="content term (default: %(default)s)")
-    parser.add_argument("--vgg-weights", type=Path, help="VGG-19 state dict for --content-loss vgg")
+    parser.add_argument("--vgg-weights", type=Path, help="torchvision VGG-19 state dict for --content-loss vgg and --style-stats-weight")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, help="content image file(s) to fit on")
-    parser.add_argument("--style", required=True, help='style text, e.g. "an oil painting by Van Gogh"')
+    parser.add_argument("--style", help='style text, e.g. "an oil painting by Van Gogh" (and/or --style-image)')
+    parser.add_argument(
+        "--style-image", type=Path, action="append", default=[], metavar="PATH",
+        help="style reference image (any size; transparency counts as white); repeat for more. The losses then aim along "
+        "the content→style image direction in SigLIP space; with --style too, at the equal-weight mix of text and images",
+    )
+    parser.add_argument(
+        "--style-stats-weight", type=float, default=0.0,
+        help="weight of the VGG-19 style-statistics loss on the style images, needs --style-image and --vgg-weights "
+        "(default: %(default)s = off; try 1e4 with mean_std)",
+    )
+    parser.add_argument(
+        "--style-stats", choices=STYLE_STATISTICS, default="mean_std",
+        help="statistics it matches on relu1_1..relu4_1: AdaIN's per-channel mean/std or Gatys's Gram matrices (default: %(default)s)",
+    )
     parser.add_argument("--source", default=DEFAULT_SOURCE_TEXT, help="text describing the content (default: %(default)r)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="checkpoint to write (.safetensors)")
     parser.add_argument("--vae", default=DEFAULT_VAE, help="diffusers VAE folder or hub id (default: %(default)s)")
@@ -61,58 +78,53 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         raise ValueError(f"--max-resolution must be at least 8, got {args.max_resolution}")
     if args.content_loss == "vgg" and args.vgg_weights is None:
         raise ValueError("--content-loss vgg needs --vgg-weights (a VGG-19 state dict file)")
+    style_stats_weight = getattr(args, "style_stats_weight", 0.0)  # ``stylize`` fits on text alone: no such option
+    if style_stats_weight < 0:
+        raise ValueError(f"--style-stats-weight must be 0 or more, got {style_stats_weight}")
+    if style_stats_weight > 0 and not getattr(args, "style_image", []):
+        raise ValueError("--style-stats-weight matches the statistics of style images: pass --style-image PATH")
+    if style_stats_weight > 0 and args.vgg_weights is None:
+        raise ValueError("--style-stats-weight needs --vgg-weights (a torchvision VGG-19 state dict file)")
     decoder = args.train_decoder if args.train_decoder == "vae" else Path(args.train_decoder).name
     return FitSettings(
         iterations=args.iterations, lr=args.lr, seed=args.seed, content_loss=args.content_loss, train_decoder=decoder,
+        weights=LossWeights(style_statistics=style_stats_weight), style_statistics=getattr(args, "style_stats", "mean_std"),
     )
 
 
-def load_content(paths: list[Path], max_resolution: int, multiple: int) -> torch.Tensor:
-    """All images at the size of the first (fitted together as one batch)."""
-    images = [fit_resolution(load_image(path), max_resolution, multiple) for path in paths]
-    size = images[0].shape[-2:]
-    resized = [
-        image if image.shape[-2:] == size else torch.nn.functional.interpolate(image, size=tuple(size), mode="bilinear", antialias=True)
-        for image in images
-    ]
-    return torch.cat(resized).clamp(0, 1)
+def load_content(paths: list[Path]) -> torch.Tensor:
+    """All images as one batch at the size of the first (the fit then scales the batch to --max-resolution)."""
+    images = [load_image(path) for path in paths]
+    return torch.cat([resize(image, images[0].shape[-2:]) for image in images]).clamp(0, 1)
 
 
 def training_decoder(args: argparse.Namespace, vae: DiffusersVAE) -> Callable[[torch.Tensor], torch.Tensor]:
     """``--train-decoder``: the full VAE's decode, or a tiny autoencoder of the same latent family."""
     if args.train_decoder == "vae":
         return vae.decode
-    decoder_path, _ = find_pair(args.train_decoder)
-    tiny = load_tiny_autoencoder(decoder_path, family=args.tiny_family).to(args.device)
-    if tiny.latent_channels != vae.latent_channels:
-        raise ValueError(
-            f"--train-decoder {decoder_path.name} decodes {tiny.latent_channels}-channel latents ({tiny.family.name}) "
-            f"but {args.vae} makes {vae.latent_channels}-channel latents"
-        )
-    return tiny.decode
+    return load_tiny_decoder(args.train_decoder, vae.latent_channels, args.device, args.tiny_family).decode
 
 
-def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE) -> FitResult:
-    """Fit on ``args.images`` with the SigLIP and training decoder the arguments name; not yet saved."""
+def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE, style_images: list[torch.Tensor] | None = None) -> FitResult:
+    """Fit on ``args.images`` to ``args.style`` and/or ``style_images`` ((1, 3, H, W) each, as ``load_reference``
+    reads ``--style-image``) with the SigLIP and training decoder the arguments name; not yet saved."""
+    style_images = style_images or []
     settings = settings_from_args(args)
     device = args.device
+    content = load_content(args.images)
     decode = training_decoder(args, vae)
-    text_encoder = TextEncoder.from_pretrained(args.text_encoder)
-    style = encode_text_style(text_encoder, args.style, args.source)
+    text_style = None
+    if args.style is not None:
+        text_style = encode_text_style(TextEncoder.from_pretrained(args.text_encoder), args.style, args.source)
     image_encoder = ImageEncoder.from_pretrained(args.text_encoder)
+    style = fit_target_style(text_style, image_encoder, style_images, content)
     vgg = None
-    if settings.content_loss == "vgg":
+    if settings.content_loss == "vgg" or settings.weights.style_statistics > 0:
         from ..training.vgg import load_vgg19
 
         vgg = load_vgg19(args.vgg_weights, device)
-    if getattr(args, "start", None):
-        start = load_checkpoint(args.start)
-        start.check_latent_channels(vae.latent_channels)
-    else:
-        config = StyleMambaConfig(latent_channels=vae.latent_channels, style_dim=text_encoder.embed_dim)
-        start = new_style_mamba(config, text_encoder=args.text_encoder, seed=args.seed)
-    content = load_content(args.images, args.max_resolution, vae.downscale)
-    bar = tqdm(total=settings.iterations, desc=f"fit {args.style!r}", unit="step")
+    start = load_checkpoint(args.start) if getattr(args, "start", None) else None
+    bar = tqdm(total=settings.iterations, desc=f"fit {style.description!r}", unit="step")
 
     def report(step: int, loss: float, preview: torch.Tensor | None) -> bool:
         bar.update(1)
@@ -120,13 +132,15 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE) -> FitResult:
         return False
 
     try:
-        result = fit_style(start, content, style, vae.encode, decode, image_encoder, settings, report, vgg=vgg, device=device)
+        record = dict(source_text=args.source, vae=args.vae, content_files=[p.name for p in args.images])
+        if style_images:
+            record["style_images"] = [p.name for p in args.style_image]
+        return fit_model(
+            style, content, vae.encode, decode, image_encoder, settings, args.text_encoder,
+            vae.latent_channels, args.max_resolution, vae.downscale, start, report, vgg, device, record, style_images,
+        )
     finally:
         bar.close()
-    result.style_mamba.training.update(
-        source_text=args.source, vae=args.vae, content_files=[p.name for p in args.images], seconds=round(result.seconds, 2)
-    )
-    return result
 
 
 def run(args: argparse.Namespace) -> int:
@@ -137,7 +151,13 @@ def run(args: argparse.Namespace) -> int:
     for image in args.images:
         if not image.is_file():
             raise FileNotFoundError(f"image not found: {image}")
-    result = fit_checkpoint(args, load_diffusers_vae(args.vae, args.device))
+    if args.style is None and not args.style_image:
+        raise ValueError("no style given: pass --style TEXT and/or --style-image PATH")
+    if args.style is not None and not args.style.strip():
+        raise ValueError("--style is empty: describe a style, e.g. 'a watercolor painting', or leave it out and pass --style-image")
+    settings_from_args(args)  # every option problem before a model loads
+    style_images = [load_reference(path) for path in args.style_image]
+    result = fit_checkpoint(args, load_diffusers_vae(args.vae, args.device), style_images)
     save_checkpoint(result.style_mamba, args.output, overwrite=args.overwrite)
     print(
         f"wrote {args.output}: {len(result.history)} steps in {result.seconds:.1f} s "

@@ -10,19 +10,20 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from .fit import DEFAULT_VAE, add_fit_arguments, fit_checkpoint
+from .styles import add_style_arguments, command_style, read_style_arguments
 from ..config import DEFAULT_TEXT_ENCODER
-from ..encoders import TextEncoder
+from ..encoders import ImageEncoder, TextEncoder
 from ..images import load_image, save_image
-from ..style import DEFAULT_SOURCE_TEXT, encode_text_style
+from ..style import DEFAULT_SOURCE_TEXT
 from ..stylize import stylize_latents
 from ..vae import load_diffusers_vae, pad_to_multiple
 
-HELP = "Restyle images with a StyleMamba checkpoint and a text prompt."
+HELP = "Restyle images with a StyleMamba checkpoint and a style text, style images, or a (regional) mix of them."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", type=Path, help="content image file(s)")
-    parser.add_argument("--style", required=True, help='style text, e.g. "an oil painting by Van Gogh"')
+    parser.add_argument("--style", help='style text, e.g. "an oil painting by Van Gogh" (and/or --style-image)')
     parser.add_argument("--source", default=DEFAULT_SOURCE_TEXT, help="text describing the content (default: %(default)r)")
     parser.add_argument(
         "--checkpoint", type=Path,
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="output file (one image) or folder (several)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_style_arguments(parser.add_argument_group("style images, mixes and regions"))
     add_fit_arguments(parser.add_argument_group("fitting (only without --checkpoint)"))
 
 
@@ -54,12 +56,15 @@ def fitted_checkpoint_path(output: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     if not 0.0 <= args.strength <= 2.0:
         raise ValueError(f"--strength must be between 0 and 2, got {args.strength}")
+    references, masks = read_style_arguments(args)
     targets = output_paths(args.images, args.output)
     for target in targets:
         if target.exists() and not args.overwrite:
             raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     vae = load_diffusers_vae(args.vae, args.device)
     if args.checkpoint is None:
+        if args.style is None:
+            raise ValueError("fitting on the fly (no --checkpoint) learns a --style text; pass --style, or a --checkpoint for --style-image alone")
         fitted_path = fitted_checkpoint_path(args.output)
         if fitted_path.exists() and not args.overwrite:
             raise FileExistsError(f"{fitted_path} already exists; pass it as --checkpoint, or --overwrite to fit again")
@@ -68,14 +73,17 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"wrote {save_checkpoint(style_mamba, fitted_path, overwrite=args.overwrite)}")
     else:
         style_mamba = load_checkpoint(args.checkpoint)
-    style_mamba.check_latent_channels(vae.latent_channels)
-    encoder = TextEncoder.from_pretrained(args.text_encoder or style_mamba.text_encoder)
-    style = encode_text_style(encoder, args.style, args.source)
+    style_mamba.model.check_latent_channels(vae.latent_channels)
+    if args.text_encoder:  # as LoadStyleMamba's text_encoder: the model then takes styles from this SigLIP
+        style_mamba.text_encoder = args.text_encoder
+    encoder = TextEncoder.from_pretrained(style_mamba.text_encoder)
+    image_encoder = ImageEncoder.from_pretrained(style_mamba.text_encoder) if references else None
+    style, mask = command_style(args, encoder, image_encoder, references, masks)
     for image_path, target in tqdm(list(zip(args.images, targets)), desc="stylize", unit="image"):
         image, (height, width) = pad_to_multiple(load_image(image_path).to(args.device), vae.downscale)
         with torch.no_grad():
             latent = vae.encode(image)
-            styled = stylize_latents(style_mamba, latent, style, args.strength, device=args.device)
+            styled = stylize_latents(style_mamba, latent, style, args.strength, mask, device=args.device)
             result = vae.decode(styled)[..., :height, :width]
         save_image(result, target, overwrite=args.overwrite)
         tqdm.write(f"wrote {target}")

@@ -1,7 +1,10 @@
-"""``train``: one StyleMamba model over many style prompts, on one device or many with torchrun.
+"""``train``: one StyleMamba model over many style prompts and style-image folders, on one device or many with torchrun.
 
-    stylemamba train --images DIR --styles styles.txt --out runs/multi
+    stylemamba train --images DIR --styles styles.txt --style-images REFS --out runs/multi
     torchrun --nproc_per_node 4 -m comfyui_stylemamba train --images DIR --styles styles.txt --out runs/multi
+
+``--style-images REFS`` holds one sub-folder per image style (``REFS/van_gogh/*.jpg``); text and image
+styles train one model side by side, with CAST's contrastive term on by default when a batch can hold it.
 """
 
 from __future__ import annotations
@@ -14,24 +17,41 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, new_style_mamba
 from .fit import DEFAULT_VAE, training_decoder
-from ..config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..config import DEFAULT_TEXT_ENCODER, StyleMambaConfig, config_for_encoder
 from ..encoders import ImageEncoder, TextEncoder
-from ..images import list_images, load_image
+from ..images import list_images, load_image, square
+from ..style import DEFAULT_SOURCE_TEXT
+from ..image_style import encode_reference_style, image_embedding
 from ..training.losses import LossWeights
 from ..training.taesd import FAMILIES
 from ..training.train import PRECISIONS, Trainer, TrainingData, TrainSettings, init_distributed, latest_checkpoint
 from ..vae import DiffusersVAE, load_diffusers_vae
+from .prompts import read_style_folders, read_styles
+from .styles import load_reference
 
-HELP = "Train one StyleMamba model over many style prompts (multi-GPU with torchrun)."
+HELP = "Train one StyleMamba model over many style prompts and style-image folders (multi-GPU with torchrun)."
+
+#: Default weight of CAST's contrastive term: ~1/10 of the weighted directional term early in a run
+#: (InfoNCE of a 4-image batch ≈ 1.1 × 50 against ≈ 0.9 × 500).
+DEFAULT_CONTRASTIVE = 50.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = TrainSettings()
     parser.add_argument("--images", type=Path, required=True, help="folder of content images")
-    parser.add_argument("--styles", type=Path, required=True, help="text file, one style prompt per line (# comments)")
+    parser.add_argument("--styles", type=Path, help="text file, one style prompt per line (# comments); and/or --style-images")
+    parser.add_argument(
+        "--style-images", type=Path, metavar="DIR",
+        help="folder with one sub-folder of reference images per image style, named by the sub-folder (DIR/van_gogh/*.jpg)",
+    )
+    parser.add_argument(
+        "--contrastive-weight", type=float,
+        help=f"weight of CAST's contrastive style loss in SigLIP space (temperature 0.07); default {DEFAULT_CONTRASTIVE:g} "
+        "with 2+ styles and --batch-size 4+, else 0",
+    )
     parser.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, samples/, loss.csv, loss.png")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    parser.add_argument("--source", default="a photo", help="text describing the content images (default: %(default)r)")
+    parser.add_argument("--source", default=DEFAULT_SOURCE_TEXT, help="text describing the content images (default: %(default)r)")
     parser.add_argument("--vae", default=DEFAULT_VAE, help="diffusers VAE folder or hub id (default: %(default)s)")
     parser.add_argument("--text-encoder", default=DEFAULT_TEXT_ENCODER, help="SigLIP folder or hub id (default: %(default)s)")
     parser.add_argument("--train-decoder", default="vae", help="'vae' or a TAESD-family decoder file as a fast proxy (default: %(default)s)")
@@ -52,50 +72,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu; torchrun gives each process its GPU (default: %(default)s)")
 
 
-def read_styles(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"styles file not found: {path}")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    prompts = [p for p in prompts if p and not p.startswith("#")]
-    if not prompts:
-        raise ValueError(f"{path} has no style prompts (one per line; lines starting with # are comments)")
-    return prompts
+def read_style_inputs(args: argparse.Namespace) -> tuple[list[str], dict[str, list[Path]]]:
+    """The prompts and the image-style folders, checked before any model loads."""
+    if args.styles is None and args.style_images is None:
+        raise ValueError("no styles to train on: pass --styles FILE (prompts) and/or --style-images DIR (one sub-folder per style)")
+    prompts = read_styles(args.styles) if args.styles is not None else []
+    folders = read_style_folders(args.style_images) if args.style_images is not None else {}
+    return prompts, folders
 
 
-def square_images(paths: list[Path], size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` and centre-crop, so every image fits one batch."""
-    images = []
-    for path in paths:
-        image = load_image(path)
-        height, width = image.shape[-2:]
-        scale = size / min(height, width)
-        resized = torch.nn.functional.interpolate(
-            image, size=(max(size, round(height * scale)), max(size, round(width * scale))), mode="bilinear", antialias=True
+def contrastive_weight(args: argparse.Namespace, styles: int) -> float:
+    """``--contrastive-weight``, or its default: on when a batch can hold two pairs of different styles."""
+    if args.contrastive_weight is None:
+        return DEFAULT_CONTRASTIVE if styles >= 2 and args.batch_size >= 4 else 0.0
+    if args.contrastive_weight > 0 and (styles < 2 or args.batch_size < 4):
+        raise ValueError(
+            f"--contrastive-weight needs 2+ styles and --batch-size 4+ (two same-style pairs per batch), "
+            f"got {styles} style(s) and batch size {args.batch_size}; pass --contrastive-weight 0"
         )
-        top, left = (resized.shape[-2] - size) // 2, (resized.shape[-1] - size) // 2
-        images.append(resized[..., top : top + size, left : left + size])
-    return torch.cat(images).clamp(0, 1)
+    return args.contrastive_weight
 
 
 @torch.no_grad()
-def prepare_data(args: argparse.Namespace, vae: DiffusersVAE, decode, text_encoder: TextEncoder, image_encoder: ImageEncoder, device) -> TrainingData:
-    prompts = read_styles(args.styles)
-    content = square_images(list_images(args.images), args.resolution).to(device)
+def prepare_data(
+    args: argparse.Namespace, vae: DiffusersVAE, decode, text_encoder: TextEncoder, image_encoder: ImageEncoder, device,
+    prompts: list[str], folders: dict[str, list[Path]],
+) -> TrainingData:
+    content = torch.cat([square(load_image(path), args.resolution) for path in list_images(args.images)]).to(device)
     latents = torch.cat([vae.encode(image[None]) for image in content]).float()
     references = torch.cat([decode(latent[None]).float() for latent in latents])
-    source = text_encoder.encode_style(args.source, device)
-    targets = torch.cat([text_encoder.encode_style(prompt, device) for prompt in prompts])
-    directions = torch.nn.functional.normalize(targets - source, dim=-1)
-    return TrainingData(latents, references, image_encoder.encode(references), prompts, targets, directions)
+    targets, directions = [], []
+    if prompts:
+        source = text_encoder.encode_style(args.source, device)
+        targets.append(torch.cat([text_encoder.encode_style(prompt, device) for prompt in prompts]))
+        directions.append(torch.nn.functional.normalize(targets[0] - source, dim=-1))
+    if folders:
+        content_source = image_embedding(image_encoder, [references])
+        for paths in folders.values():
+            style = encode_reference_style(image_encoder, [load_reference(path) for path in paths], content_source)
+            targets.append(style.target.to(device))
+            directions.append(style.direction.to(device))
+    image_styles = {name: [path.name for path in paths] for name, paths in folders.items()}
+    return TrainingData(
+        latents, references, image_encoder.encode(references), prompts, torch.cat(targets), torch.cat(directions), image_styles,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     if args.resolution < 8:
         raise ValueError(f"--resolution must be at least 8, got {args.resolution}")
+    prompts, folders = read_style_inputs(args)
+    weights = LossWeights(num_crops=args.num_crops, contrastive=contrastive_weight(args, len(prompts) + len(folders)))
     settings = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, lr=args.lr,
         lr_halving_steps=args.lr_halving_steps, seed=args.seed, precision=args.precision,
-        checkpoint_every=args.checkpoint_every, weights=LossWeights(num_crops=args.num_crops),
+        checkpoint_every=args.checkpoint_every, weights=weights,
     )
     existing = latest_checkpoint(args.out / "checkpoints")
     if existing and not args.resume:
@@ -108,12 +139,12 @@ def run(args: argparse.Namespace) -> int:
     decode = training_decoder(args, vae)
     text_encoder = TextEncoder.from_pretrained(args.text_encoder)
     image_encoder = ImageEncoder.from_pretrained(args.text_encoder)
-    data = prepare_data(args, vae, decode, text_encoder, image_encoder, device)
+    data = prepare_data(args, vae, decode, text_encoder, image_encoder, device, prompts, folders)
     if args.start:
         style_mamba = load_checkpoint(args.start)
-        style_mamba.check_latent_channels(vae.latent_channels)
+        style_mamba.model.check_latent_channels(vae.latent_channels)
     else:
-        config = StyleMambaConfig(latent_channels=vae.latent_channels, style_dim=text_encoder.embed_dim, width=args.width, depth=args.depth)
+        config = config_for_encoder(args.text_encoder, vae.latent_channels, width=args.width, depth=args.depth)
         style_mamba = new_style_mamba(config, text_encoder=args.text_encoder, seed=args.seed)
     record = {"source_text": args.source, "vae": args.vae, "train_decoder": args.train_decoder, "world_size": distributed.world_size}
     trainer = Trainer(style_mamba, data, decode, image_encoder, settings, args.out, distributed, record)

@@ -8,6 +8,7 @@ the two methods are compared under one encoder, one timer and the same loss weig
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,7 +19,7 @@ from torch import nn
 
 from ..encoders import ImageEncoder
 from .metrics import luminance
-from .losses import LossWeights, directional_loss, patch_directional_loss, total_variation_loss, vgg_content_loss
+from .losses import LossWeights, vgg_content_loss, weighted_loss
 from ..style import StyleEmbedding
 from .vgg import VGG19Features
 
@@ -114,24 +115,15 @@ def clipstyler_losses(
     vgg: VGG19Features | None,
     generator: torch.Generator,
 ) -> dict[str, torch.Tensor]:
-    """The weighted terms of one CLIPstyler step, skipping zero weights; content is VGG when given, else pixel MSE."""
-    terms = {}
-    if weights.directional > 0:
-        styled_features = image_encoder.encode(net_output)
-        terms["directional"] = weights.directional * directional_loss(styled_features, content_features, direction)
-    if weights.patch > 0:
-        terms["patch"] = weights.patch * patch_directional_loss(
-            image_encoder, net_output, content_features, direction, weights.num_crops, weights.crop_size,
-            weights.threshold, generator, weights.distortion,
-        )
-    if weights.content > 0:
-        content_term = vgg_content_loss(vgg, net_output, content) if vgg is not None else F.mse_loss(net_output, content)
-        terms["content"] = weights.content * content_term
-    if weights.tv > 0:
-        terms["tv"] = weights.tv * total_variation_loss(net_output)
-    if not terms:
-        raise ValueError("every CLIPstyler loss weight is 0: nothing to train")
-    return terms
+    """The weighted terms of one CLIPstyler step and their ``total``, skipping zero weights.
+
+    CLIPstyler has no masked directional term (StyleMamba's), so its weight is left out; content
+    is VGG when given, else pixel MSE.
+    """
+    return weighted_loss(
+        dataclasses.replace(weights, masked=0.0), image_encoder, net_output, content, content_features, direction,
+        lambda: vgg_content_loss(vgg, net_output, content) if vgg is not None else F.mse_loss(net_output, content), generator,
+    )
 
 
 def boost_contrast(images: torch.Tensor, factor: float) -> torch.Tensor:
@@ -181,8 +173,7 @@ def train_clipstyler(
         with torch.no_grad():
             content_features = image_encoder.encode(content)
         for step in range(settings.iterations):
-            terms = clipstyler_losses(net(content), content, content_features, direction, image_encoder, settings.weights, vgg, generator)
-            total = sum(terms.values())
+            total = clipstyler_losses(net(content), content, content_features, direction, image_encoder, settings.weights, vgg, generator)["total"]
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()

@@ -1,4 +1,4 @@
-"""Per-style fit: optimise a StyleMamba model so decoded latents move along one text direction.
+"""Per-style fit: optimise a StyleMamba model so decoded latents move along one text or image direction.
 
 The content latents are encoded once; every step runs the fusion model, decodes differentiably
 (the full VAE, or a tiny autoencoder of the same latent family as a cheap proxy) and applies the
@@ -11,22 +11,25 @@ import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from ..checkpoint import StyleMamba
+from ..checkpoint import StyleMamba, new_style_mamba
+from ..config import config_for_encoder
 from ..encoders import ImageEncoder
+from ..image_style import siglip_rgb
+from ..images import fit_resolution
 from .losses import (
+    STYLE_STATISTICS,
     LossWeights,
     SecondOrderDirectionalLoss,
-    directional_loss,
     latent_content_loss,
-    masked_directional_loss,
-    patch_directional_loss,
     siglip_content_loss,
-    total_variation_loss,
+    style_statistics_loss,
+    style_statistics_target,
     vgg_content_loss,
+    weighted_loss,
 )
 from ..style import StyleEmbedding
 
@@ -46,7 +49,9 @@ class FitSettings:
     1.8–3× a CLIPstyler step (the VAE decode dominates, benchmarks/results/fit-cpu.md): at 200 steps the
     fit would be slower than the baseline it is meant to beat. Raise it for a stronger style. The content term
     defaults to latent L2 because it needs no extra weights; ``vgg`` needs ``vgg`` passed to
-    ``fit_style`` (CLIPstyler's choice, weights supplied by the user).
+    ``fit_style`` (CLIPstyler's choice, weights supplied by the user). ``style_statistics`` is the kind
+    of VGG statistics (AdaIN's ``mean_std`` or Gatys's ``gram``) the style-statistics term matches when
+    ``weights.style_statistics`` > 0, which needs style images and ``vgg`` too.
     """
 
     iterations: int = 40
@@ -57,6 +62,7 @@ class FitSettings:
     content_loss: str = "latent"
     preview_every: int = 10
     train_decoder: str = "vae"  # recorded only: which decoder the caller passed
+    style_statistics: str = "mean_std"
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -69,6 +75,8 @@ class FitSettings:
             raise ValueError(f"content_loss must be one of {', '.join(CONTENT_LOSSES)}, got {self.content_loss!r}")
         if self.preview_every < 1:
             raise ValueError(f"preview_every must be at least 1, got {self.preview_every}")
+        if self.style_statistics not in STYLE_STATISTICS:
+            raise ValueError(f"style_statistics must be one of {', '.join(STYLE_STATISTICS)}, got {self.style_statistics!r}")
 
     def record(self) -> dict:
         return {**asdict(self), "weights": asdict(self.weights)}
@@ -106,11 +114,20 @@ class StyleObjective:
         reference: torch.Tensor,
         settings: FitSettings,
         vgg: torch.nn.Module | None = None,
+        style_images: Sequence[torch.Tensor] = (),
     ):
         self.image_encoder, self.settings, self.vgg = image_encoder, settings, vgg
         self.weights = settings.weights
         if settings.content_loss == "vgg" and self.weights.content > 0 and vgg is None:
             raise ValueError("content_loss='vgg' needs VGG-19 weights: pass a VGG19Features model (or choose 'latent'/'siglip')")
+        self.style_target = None
+        if self.weights.style_statistics > 0:
+            if vgg is None or not style_images:
+                raise ValueError(
+                    "the style-statistics loss needs style images and VGG-19 weights; give both, or set its weight to 0"
+                )
+            rgb = [siglip_rgb(batch, "style images").to(reference.device) for batch in style_images]
+            self.style_target = style_statistics_target(vgg, rgb, settings.style_statistics)
         self.content_latents, self.reference = content_latents, reference
         self.direction = style.direction.to(reference.device)
         self.second_order = SecondOrderDirectionalLoss(self.weights.second_order)
@@ -122,30 +139,11 @@ class StyleObjective:
             self.reference_features = image_encoder.encode(reference) if needs_features else None
 
     def __call__(self, latents: torch.Tensor, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        w, terms = self.weights, {}
-        if self.reference_features is not None:
-            features = self.image_encoder.encode(images)
-            first_order = directional_loss(features, self.reference_features, self.direction)
-            terms["directional"] = w.directional * first_order
-            if w.second_order > 0:
-                terms["second_order"] = self.second_order(features - self.reference_features, first_order)
-        if w.masked > 0:
-            terms["masked"] = w.masked * masked_directional_loss(
-                self.image_encoder, images, self.reference, self.direction, w.mask_ratio, w.mask_patch_size, generator
-            )
-        if w.patch > 0:
-            terms["patch"] = w.patch * patch_directional_loss(
-                self.image_encoder, images, self.reference_features, self.direction,
-                w.num_crops, w.crop_size, w.threshold, generator, w.distortion,
-            )
-        if w.content > 0:
-            terms["content"] = w.content * self.content_term(latents, images)
-        if w.tv > 0:
-            terms["tv"] = w.tv * total_variation_loss(images)
-        if not terms:
-            raise ValueError("every loss weight is 0: nothing to fit")
-        terms["total"] = sum(terms.values())
-        return terms
+        return weighted_loss(
+            self.weights, self.image_encoder, images, self.reference, self.reference_features, self.direction,
+            lambda: self.content_term(latents, images), generator, self.second_order,
+            lambda: style_statistics_loss(self.vgg, images, self.style_target, self.settings.style_statistics),
+        )
 
     def content_term(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         kind = self.settings.content_loss
@@ -154,20 +152,6 @@ class StyleObjective:
         if kind == "siglip":
             return siglip_content_loss(self.image_encoder, images, self.reference)
         return vgg_content_loss(self.vgg, images, self.reference)
-
-
-def fit_resolution(images: torch.Tensor, max_side: int, multiple: int = 8) -> torch.Tensor:
-    """Downscale (b, 3, H, W) so the longer side is at most ``max_side`` and both sides are multiples of ``multiple``.
-
-    Fit cost grows with pixels while the style a fit learns does not, so large photos are fitted
-    small; the autoencoder needs sizes it can divide by its downscale factor.
-    """
-    height, width = images.shape[-2:]
-    scale = min(1.0, max_side / max(height, width))
-    size = [max(multiple, int(side * scale) // multiple * multiple) for side in (height, width)]
-    if size == [height, width]:
-        return images
-    return torch.nn.functional.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def fit_style(
@@ -181,8 +165,12 @@ def fit_style(
     callback: FitCallback | None = None,
     vgg: torch.nn.Module | None = None,
     device: torch.device | str = "cpu",
+    style_images: Sequence[torch.Tensor] = (),
 ) -> FitResult:
     """Fit a copy of ``style_mamba`` to ``style`` on ``content`` (b, 3, H, W in [0, 1]).
+
+    ``style_images`` (batches (n, 1/3/4, h, w) in [0, 1], any size) feed the style-statistics term only;
+    an image style's direction is already in ``style`` (``reference_styles.fit_target_style``).
 
     ``encode`` maps images to the latents the model will see (run once, without gradients);
     ``decode`` must be differentiable and return images in [0, 1]. The input model is not
@@ -198,9 +186,9 @@ def fit_style(
     condition = style.target.to(device)
     with torch.no_grad():
         content_latents = encode(content.to(device)).float()
-        style_mamba.check_latent_channels(content_latents.shape[1])
+        style_mamba.model.check_latent_channels(content_latents.shape[1])
         reference = decode(content_latents).float()
-    objective = StyleObjective(image_encoder, style, content_latents, reference, settings, vgg)
+    objective = StyleObjective(image_encoder, style, content_latents, reference, settings, vgg, style_images)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_halving_steps, gamma=0.5)
 
@@ -242,3 +230,46 @@ def fit_style(
     }
     fitted = StyleMamba(model=model, text_encoder=style_mamba.text_encoder, training=training, source="fit")
     return FitResult(fitted, history, best_step, best_loss, stopped, time.perf_counter() - start)
+
+
+def fit_model(
+    style: StyleEmbedding,
+    content: torch.Tensor,
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    decode: Callable[[torch.Tensor], torch.Tensor],
+    image_encoder: ImageEncoder | None,
+    settings: FitSettings,
+    text_encoder: str,
+    latent_channels: int,
+    max_resolution: int,
+    multiple: int = 8,
+    start: StyleMamba | None = None,
+    callback: FitCallback | None = None,
+    vgg: torch.nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    record: dict | None = None,
+    style_images: Sequence[torch.Tensor] = (),
+) -> FitResult:
+    """The fit as TrainStyleMamba and the ``fit`` / ``stylize`` commands set it up: one path, one record.
+
+    ``content`` (b, 3, H, W) in [0, 1] is fitted at ``fit_resolution(max_resolution, multiple)``;
+    ``start`` is fine-tuned, else a new model is made by ``config_for_encoder`` for the style's
+    SigLIP (``style.encoder`` must be loadable) and the VAE's ``latent_channels``. The fitted model
+    reads styles from ``text_encoder`` (the id as the user named it) and its training record holds
+    that id, whether the fit stopped early, the seconds it took and ``record``. ``style_images`` are
+    scaled like the content for the style-statistics term, and their count is recorded.
+    """
+    if max_resolution < multiple:
+        raise ValueError(f"max_resolution must be at least the VAE's downscale factor {multiple}, got {max_resolution}")
+    if start is None:
+        start = new_style_mamba(config_for_encoder(style.encoder, latent_channels), text_encoder=text_encoder, seed=settings.seed)
+    content = fit_resolution(content, max_resolution, multiple)
+    style_images = [fit_resolution(batch, max_resolution, multiple=1) for batch in style_images]
+    result = fit_style(start, content, style, encode, decode, image_encoder, settings, callback, vgg, device, style_images)
+    result.style_mamba.text_encoder = text_encoder
+    result.style_mamba.training.update(
+        record or {}, text_encoder=text_encoder, stopped_early=result.stopped_early, seconds=round(result.seconds, 2),
+        style_image_count=sum(batch.shape[0] for batch in style_images),
+    )
+    return result
+

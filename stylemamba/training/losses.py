@@ -7,15 +7,28 @@ CLIPstyler's published settings (Kwon & Ye, CVPR 2022) where the StyleMamba pape
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ..images import resize
+from ..model import latent_statistics
+
 if TYPE_CHECKING:
     from ..encoders import ImageEncoder
     from .vgg import VGG19Features
+
+
+#: InfoNCE temperature of CAST's style contrastive loss (Zhang et al., SIGGRAPH 2022; their code's default).
+CAST_TEMPERATURE = 0.07
+
+#: VGG-19 layers of the style-statistics loss: relu1_1 … relu4_1 (AdaIN's; Gatys et al. add relu5_1).
+#: ``VGG19Features`` names each activation after the conv it follows.
+STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1")
+STYLE_STATISTICS = ("mean_std", "gram")
 
 
 @dataclass
@@ -29,7 +42,14 @@ class LossWeights:
     per-step changes of a unit-embedding difference are ~1e-2, so the term is ~1e-4 × 1000 ≈ 0.1
     against ~10² for the weighted directional term: it damps step-to-step jitter of the direction
     without pulling the fit away from the text. ``distortion`` is the perspective strength of the
-    patch crops (torchvision's ``distortion_scale``, 0.5 in CLIPstyler).
+    patch crops (torchvision's ``distortion_scale``, 0.5 in CLIPstyler). With the latent content
+    term, ``content`` weighs changes measured in each latent channel's own std (``latent_content_loss``),
+    so 150 acts alike on SD1.5, SDXL, SD3 and Flux latents.
+
+    Two style terms are off by default: ``style_statistics`` weighs VGG-19 feature statistics of the
+    style images (``style_statistics_loss``, needs style images and VGG weights) and ``contrastive``
+    CAST's InfoNCE over a multi-style batch (``contrastive_style_loss``) at ``contrastive_temperature``
+    0.07, CAST's released setting.
     """
 
     directional: float = 500.0
@@ -44,9 +64,17 @@ class LossWeights:
     distortion: float = 0.5
     mask_ratio: float = 0.5
     mask_patch_size: int = 16
+    style_statistics: float = 0.0
+    contrastive: float = 0.0
+    contrastive_temperature: float = CAST_TEMPERATURE
 
     def __post_init__(self) -> None:
-        for name in ("directional", "patch", "content", "tv", "masked", "second_order", "threshold", "distortion"):
+        if not self.contrastive_temperature > 0:
+            raise ValueError(f"LossWeights.contrastive_temperature must be positive, got {self.contrastive_temperature}")
+        for name in (
+            "directional", "patch", "content", "tv", "masked", "second_order", "threshold", "distortion",
+            "style_statistics", "contrastive",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossWeights.{name} must be non-negative, got {getattr(self, name)}")
         for name in ("num_crops", "crop_size", "mask_patch_size"):
@@ -264,8 +292,16 @@ def patch_directional_loss(
 
 
 def latent_content_loss(styled_latent: torch.Tensor, content_latent: torch.Tensor) -> torch.Tensor:
-    """L_c = mean (z_s − z_c)²: cheapest content term, no decoder or feature network needed."""
-    return F.mse_loss(styled_latent, content_latent.to(styled_latent.dtype))
+    """L_c = mean ((z_s − z_c) / σ_c)²: the cheapest content term, no decoder or feature network needed.
+
+    σ_c is the content latent's per-sample, per-channel std (``latent_statistics``, as the model
+    standardises), so the loss counts changes in units of each channel's own spread: SD1.5's raw
+    latents (std ≈ 5) and SD3's (std ≈ 1) give the same loss for the same relative change, and one
+    ``content`` weight means the same on every VAE family.
+    """
+    content_latent = content_latent.to(styled_latent.dtype)
+    _, std = latent_statistics(content_latent)
+    return F.mse_loss(styled_latent / std, content_latent / std)
 
 
 def siglip_content_loss(image_encoder: ImageEncoder, styled: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -307,3 +343,158 @@ def total_variation_loss(images: torch.Tensor) -> torch.Tensor:
     diagonal = images[..., :-1, :-1] - images[..., 1:, 1:]
     anti_diagonal = images[..., 1:, :-1] - images[..., :-1, 1:]
     return sum(torch.linalg.vector_norm(d) for d in (horizontal, vertical, diagonal, anti_diagonal))
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(b, C, H, W) → (b, C, C) = F·Fᵀ / (C·H·W), F the (C, H·W) activations: Gatys et al.'s style statistic.
+
+    Dividing by the element count makes it independent of the image size, so a small style image and a
+    large styled one compare.
+    """
+    batch, channels, height, width = features.shape
+    flat = features.reshape(batch, channels, height * width)
+    return flat @ flat.transpose(1, 2) / (channels * height * width)
+
+
+def feature_statistics(features: torch.Tensor, kind: str) -> tuple[torch.Tensor, ...]:
+    """``mean_std``: AdaIN's per-channel mean and std over the positions, (b, C) each; ``gram``: (b, C, C)."""
+    if kind == "gram":
+        return (gram_matrix(features),)
+    if kind == "mean_std":
+        mean = features.mean(dim=(2, 3))
+        std = (features.var(dim=(2, 3), unbiased=False) + 1e-5).sqrt()  # AdaIN's epsilon keeps √ differentiable at 0
+        return mean, std
+    raise ValueError(f"style statistics must be one of {', '.join(STYLE_STATISTICS)}, got {kind!r}")
+
+
+def vgg_sized(images: torch.Tensor, layers: Sequence[str]) -> torch.Tensor:
+    """Upscale images too small to reach the deepest layer (``conv{block}_n`` lies behind block − 1 poolings)."""
+    smallest = 2 ** (max(int(name[4]) for name in layers) - 1)
+    height, width = images.shape[-2:]
+    if min(height, width) >= smallest:
+        return images
+    scale = smallest / min(height, width)
+    return resize(images, (math.ceil(height * scale), math.ceil(width * scale)))
+
+
+def style_statistics_target(
+    vgg: Callable[..., dict[str, torch.Tensor]], style_images: Sequence[torch.Tensor], kind: str,
+    layers: Sequence[str] = STYLE_LAYERS,
+) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Per layer, the mean over every style image (batches of any size) of its statistics, each (1, …); no gradients.
+
+    Averaging statistics, not pixels, lets references of different sizes describe one style.
+    """
+    if not style_images:
+        raise ValueError("the style-statistics loss needs at least one style image")
+    per_image: dict[str, list[tuple[torch.Tensor, ...]]] = {name: [] for name in layers}
+    with torch.no_grad():
+        for batch in style_images:
+            features = vgg(vgg_sized(batch, layers), tuple(layers))
+            for name in layers:
+                per_image[name] += [tuple(s[i : i + 1] for s in feature_statistics(features[name], kind)) for i in range(batch.shape[0])]
+    return {name: tuple(torch.cat(column).mean(dim=0, keepdim=True) for column in zip(*stats)) for name, stats in per_image.items()}
+
+
+def style_statistics_loss(
+    vgg: Callable[..., dict[str, torch.Tensor]], styled: torch.Tensor, target: dict[str, tuple[torch.Tensor, ...]], kind: str,
+) -> torch.Tensor:
+    """L_stat = Σ_layers Σ_statistics mean (S(φ_l(I_s)) − S̄_l)², S̄ from ``style_statistics_target``.
+
+    ``mean_std`` is AdaIN's style loss (squared, as its code uses MSE), ``gram`` Gatys et al.'s with equal
+    layer weights. ``vgg(images, layers)`` returns {layer: (b, C, H, W)}, as ``VGG19Features`` does.
+    """
+    features = vgg(vgg_sized(styled, tuple(target)), tuple(target))
+    return sum(
+        F.mse_loss(statistic, reference.to(statistic).expand_as(statistic))
+        for name, references in target.items()
+        for statistic, reference in zip(feature_statistics(features[name], kind), references)
+    )
+
+
+def contrastive_style_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float = CAST_TEMPERATURE) -> torch.Tensor:
+    """CAST's style InfoNCE over a batch of styled images' SigLIP embeddings (b, d) with style labels (b,).
+
+    For every anchor i and positive p (another image of i's style) the term is
+    −log( e^{s_ip/τ} / (e^{s_ip/τ} + Σ_n e^{s_in/τ}) ), n over the images of other styles and s the cosine
+    similarity; the loss is the mean over all (i, p) pairs. Same-style images are pulled together, other
+    styles pushed apart. A batch without such a pair (one style, or no style twice) gives 0, still attached
+    to the graph so a backward pass works. τ = 0.07 is CAST's (Zhang et al., SIGGRAPH 2022).
+    """
+    if features.dim() != 2 or labels.shape != features.shape[:1]:
+        raise ValueError(f"need (batch, dim) features and (batch,) labels, got {tuple(features.shape)} and {tuple(labels.shape)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    unit = F.normalize(features.float(), dim=-1)
+    logits = unit @ unit.T / temperature
+    labels = labels.to(logits.device)
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=logits.device)
+    negative = ~same
+    floor = torch.finfo(logits.dtype).min  # not −inf: an anchor without negatives must not make NaN gradients
+    negatives = torch.logsumexp(logits.masked_fill(~negative, floor), dim=1, keepdim=True)
+    pairs = positive & negative.any(dim=1, keepdim=True)
+    if not pairs.any():
+        return (features * 0).sum()
+    return (torch.logaddexp(logits, negatives) - logits)[pairs].mean()
+
+
+def weighted_loss(
+    weights: LossWeights,
+    image_encoder: ImageEncoder | None,
+    images: torch.Tensor,
+    references: torch.Tensor,
+    reference_features: torch.Tensor | None,
+    directions: torch.Tensor,
+    content: Callable[[], torch.Tensor],
+    generator: torch.Generator | None,
+    second_order: SecondOrderDirectionalLoss | None = None,
+    style_statistics: Callable[[], torch.Tensor] | None = None,
+    style_labels: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The weighted terms of one step and their ``total``; a term whose weight is 0 is never computed.
+
+    The one assembly shared by the per-style fit, multi-style training and the CLIPstyler baseline.
+    ``images`` are the styled images (b, 3, H, W) in [0, 1], ``references`` the unchanged content
+    images and ``reference_features`` their SigLIP embeddings (1 or b, d); ``directions`` are the
+    text directions (1 or b, d); ``content()`` returns the unweighted content term of the caller's
+    choice (latent, SigLIP, VGG or pixel); the second-order term runs when ``second_order`` is given.
+    ``style_statistics()`` returns the unweighted VGG style-statistics term and ``style_labels`` (b,) name
+    each image's style for the contrastive term; each is required only when its weight is above 0.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    use_second_order = second_order is not None and weights.second_order > 0
+    if weights.style_statistics > 0 and style_statistics is None:
+        raise ValueError("the style-statistics loss needs style images and VGG-19 weights; set its weight to 0 without them")
+    if weights.contrastive > 0 and style_labels is None:
+        raise ValueError("the contrastive style loss needs the style of every image in the batch (style_labels)")
+    if weights.directional > 0 or use_second_order or weights.contrastive > 0:
+        features = image_encoder.encode(images)
+    if weights.directional > 0 or use_second_order:
+        first_order = directional_loss(features, reference_features, directions)
+        if weights.directional > 0:
+            terms["directional"] = weights.directional * first_order
+        if use_second_order:
+            terms["second_order"] = second_order(features - reference_features, first_order)
+    if weights.contrastive > 0:
+        terms["contrastive"] = weights.contrastive * contrastive_style_loss(features, style_labels, weights.contrastive_temperature)
+    if weights.style_statistics > 0:
+        terms["style_statistics"] = weights.style_statistics * style_statistics()
+    if weights.masked > 0:
+        terms["masked"] = weights.masked * masked_directional_loss(
+            image_encoder, images, references, directions, weights.mask_ratio, weights.mask_patch_size, generator
+        )
+    if weights.patch > 0:
+        terms["patch"] = weights.patch * patch_directional_loss(
+            image_encoder, images, reference_features, directions,
+            weights.num_crops, weights.crop_size, weights.threshold, generator, weights.distortion,
+        )
+    if weights.content > 0:
+        terms["content"] = weights.content * content()
+    if weights.tv > 0:
+        terms["tv"] = weights.tv * total_variation_loss(images)
+    if not terms:
+        raise ValueError("every loss weight is 0: nothing to optimise")
+    terms["total"] = sum(terms.values())
+    return terms
+

@@ -5,14 +5,13 @@ The VGG content loss used in the evaluation table is ``losses.vgg_content_loss``
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..encoders import ImageEncoder, TextEncoder
+from ..encoders import ImageEncoder, TextEncoder, image_normalisation
+from ..images import square
 
 #: OpenAI CLIP's preprocessing statistics, used when a model folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -60,21 +59,12 @@ class OpenAIClip:
                 f"CLIP model {name_or_path!r} could not be loaded ({type(error).__name__}: {error}); pass a local "
                 "transformers CLIP folder (config.json, model.safetensors, tokenizer files) or a hub id with network access"
             ) from error
-        mean, std = CLIP_MEAN, CLIP_STD
-        config_file = Path(name_or_path) / "preprocessor_config.json"
-        if config_file.is_file():
-            config = json.loads(config_file.read_text())
-            mean, std = tuple(config.get("image_mean", mean)), tuple(config.get("image_std", std))
+        mean, std = image_normalisation(name_or_path, CLIP_MEAN, CLIP_STD)
         return cls(name_or_path, model.eval().requires_grad_(False), tokenizer, model.config.vision_config.image_size, mean, std)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """CLIP's own preprocessing: resize the short side to the input size, centre-crop, normalise."""
-        height, width = images.shape[-2:]
-        scale = self.image_size / min(height, width)
-        size = (max(self.image_size, round(height * scale)), max(self.image_size, round(width * scale)))
-        x = F.interpolate(images.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-        top, left = (size[0] - self.image_size) // 2, (size[1] - self.image_size) // 2
-        x = x[..., top : top + self.image_size, left : left + self.image_size]
+        x = square(images, self.image_size)
         return (x - x.new_tensor(self.mean).view(1, 3, 1, 1)) / x.new_tensor(self.std).view(1, 3, 1, 1)
 
     @torch.no_grad()

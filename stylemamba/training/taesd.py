@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...errors import PackError
+
 WIDTH = 64
 
 
@@ -45,7 +47,7 @@ FAMILIES = {
 }
 
 
-class TinyAutoencoderError(ValueError):
+class TinyAutoencoderError(PackError, ValueError):
     """A tiny-autoencoder file that does not fit, with the reason in the user's terms."""
 
 
@@ -270,3 +272,20 @@ def find_pair(path: str | os.PathLike) -> tuple[Path | None, Path | None]:
             partner = partners[0] if partners else None
             return (path, partner) if own == "_decoder" else (partner, path)
     return path, None
+
+
+def load_tiny_decoder(
+    path: str | os.PathLike, latent_channels: int, device: torch.device | str = "cpu", family: str | None = None
+) -> TinyAutoencoder:
+    """The tiny autoencoder a fit decodes through instead of the full VAE, refused unless it reads the VAE's latents.
+
+    ``path`` may name the decoder, its encoder partner or a one-file TAE (e.g. taef2.safetensors).
+    """
+    decoder_path, _ = find_pair(path)
+    tiny = load_tiny_autoencoder(decoder_path, family=family).to(device)
+    if tiny.latent_channels != latent_channels:
+        raise TinyAutoencoderError(
+            f"{decoder_path.name} decodes {tiny.latent_channels}-channel latents ({tiny.family.name}) but the VAE makes "
+            f"{latent_channels}-channel latents; pick the tiny autoencoder of the VAE's latent family"
+        )
+    return tiny

@@ -5,7 +5,10 @@ draws its own (image, style) pairs from a generator seeded by (seed, step, rank)
 run repeats exactly the batches an uninterrupted one would have seen. Only rank 0 writes files.
 
 Per step: fusion model → differentiable decode → global, masked and patch directional losses
-(each sample against its own style direction) + latent content + TV. The second-order term is
+(each sample against its own style direction) + latent content + TV, and CAST's contrastive term
+when its weight is above 0 (each batch then holds its styles in pairs, so every image has a same-style
+partner and other-style negatives). Styles are text prompts or folders of reference images (their
+direction runs from the mean content embedding to the mean style embedding). The second-order term is
 left out here: it tracks one fixed (content, style) pair across steps, which a shuffled
 multi-style batch never repeats.
 """
@@ -29,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import write_atomically
 from ..checkpoint import StyleMamba, load_checkpoint, save_checkpoint
 from ..encoders import ImageEncoder
-from .losses import LossWeights, directional_loss, latent_content_loss, masked_directional_loss, patch_directional_loss, total_variation_loss
+from ..images import to_pil
+from .losses import LossWeights, latent_content_loss, weighted_loss
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 CHECKPOINT_PATTERN = re.compile(r"step_(\d{6,})\.safetensors$")
@@ -71,8 +75,9 @@ class TrainingData:
     references: torch.Tensor  # (n_images, 3, H, W): decode(latents), what an identity model would give
     reference_features: torch.Tensor  # (n_images, d)
     prompts: list[str]
-    targets: torch.Tensor  # (n_styles, d): conditioning
-    directions: torch.Tensor  # (n_styles, d): unit text directions for the losses
+    targets: torch.Tensor  # (n_styles, d): conditioning; the prompts' first, then the image styles'
+    directions: torch.Tensor  # (n_styles, d): unit text or image directions for the losses
+    image_styles: dict[str, list[str]] = field(default_factory=dict)  # style name → its reference file names
 
 
 @dataclass
@@ -107,6 +112,16 @@ def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(((seed * 1_000_003 + step) * 4099 + rank) % 2**63)
 
 
+def draw_styles(count: int, batch: int, generator: torch.Generator, paired: bool) -> torch.Tensor:
+    """(batch,) style indices: independent draws, or (``paired``) distinct styles each drawn twice in a row,
+    which gives the contrastive loss a positive for every image and negatives from the other pairs."""
+    if not paired:
+        return torch.randint(0, count, (batch,), generator=generator)
+    pairs = (batch + 1) // 2
+    order = torch.randperm(count, generator=generator)
+    return order[torch.arange(pairs) % count].repeat_interleave(2)[:batch]
+
+
 def multi_style_loss(
     model: torch.nn.Module,
     decode: Callable[[torch.Tensor], torch.Tensor],
@@ -123,25 +138,10 @@ def multi_style_loss(
     directions = data.directions[styles].to(device)
     styled_latents = model(latents, data.targets[styles].to(device))
     decoded = decode(styled_latents).float()
-    terms: dict[str, torch.Tensor] = {}
-    if weights.directional > 0:
-        features = image_encoder.encode(decoded)
-        terms["directional"] = weights.directional * directional_loss(features, data.reference_features[images], directions)
-    if weights.masked > 0:
-        terms["masked"] = weights.masked * masked_directional_loss(
-            image_encoder, decoded, references, directions, weights.mask_ratio, weights.mask_patch_size, generator
-        )
-    if weights.patch > 0:
-        terms["patch"] = weights.patch * patch_directional_loss(
-            image_encoder, decoded, data.reference_features[images], directions,
-            weights.num_crops, weights.crop_size, weights.threshold, generator, weights.distortion,
-        )
-    if weights.content > 0:
-        terms["content"] = weights.content * latent_content_loss(styled_latents.float(), latents)
-    if weights.tv > 0:
-        terms["tv"] = weights.tv * total_variation_loss(decoded)
-    terms["total"] = sum(terms.values())
-    return terms
+    return weighted_loss(
+        weights, image_encoder, decoded, references, data.reference_features[images], directions,
+        lambda: latent_content_loss(styled_latents.float(), latents), generator, style_labels=styles,
+    )
 
 
 def latest_checkpoint(folder: Path) -> tuple[int, Path] | None:
@@ -181,13 +181,10 @@ def draw_loss_curve(rows: list[dict[str, float]], path: Path, size: tuple[int, i
 
 def draw_sample_grid(images: torch.Tensor, rows: int, path: Path) -> None:
     """(rows × cols, 3, H, W) in [0, 1] → one PNG; row = content image, column = style."""
-    from PIL import Image
-
     cols = images.shape[0] // rows
     height, width = images.shape[-2:]
-    grid = images.view(rows, cols, 3, height, width).permute(0, 3, 1, 4, 2).reshape(rows * height, cols * width, 3)
-    array = (grid.clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
-    write_atomically(path, Image.fromarray(array).save, overwrite=True)
+    grid = images.view(rows, cols, 3, height, width).permute(2, 0, 3, 1, 4).reshape(3, rows * height, cols * width)
+    write_atomically(path, to_pil(grid).save, overwrite=True)
 
 
 class Trainer:
@@ -246,7 +243,7 @@ class Trainer:
         for micro in range(settings.grad_accumulation):
             generator = step_generator(settings.seed, self.step * settings.grad_accumulation + micro, self.dist.rank)
             images = torch.randint(0, data.latents.shape[0], (settings.batch_size,), generator=generator)
-            styles = torch.randint(0, data.targets.shape[0], (settings.batch_size,), generator=generator)
+            styles = draw_styles(data.targets.shape[0], settings.batch_size, generator, settings.weights.contrastive > 0)
             last = micro == settings.grad_accumulation - 1
             sync = contextlib.nullcontext() if last or self.dist.world_size == 1 else self.model.no_sync()
             precision = torch.autocast(device_type, dtype=dtype) if dtype else contextlib.nullcontext()
@@ -277,6 +274,7 @@ class Trainer:
         path = self.checkpoint_dir / f"step_{self.step:06d}.safetensors"
         self.style_mamba.training = {
             **self.record, "prompts": self.data.prompts, "settings": self.settings.record(), "step": self.step,
+            **({"style_images": self.data.image_styles} if self.data.image_styles else {}),
         }
         self.module.eval()
         save_checkpoint(self.style_mamba, path, overwrite=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ...errors import PackError
 from ..state_dicts import state_dict_problems
 
 #: Output channels per conv, "M" for 2×2 max pooling: torchvision's configuration "E" (VGG-19).
@@ -37,7 +38,7 @@ def conv_layer_indices() -> dict[str, int]:
 CONV_LAYERS = conv_layer_indices()
 
 
-class VGGWeightsError(ValueError):
+class VGGWeightsError(PackError, ValueError):
     """A VGG weights file that is absent or not torchvision's VGG-19, said in the user's terms."""
 
 

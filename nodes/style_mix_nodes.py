@@ -1,0 +1,124 @@
+"""ImageStyleEncode and StyleMix: styles from reference pictures, and several styles (by region) in one StyleFuse pass."""
+
+from __future__ import annotations
+
+import torch
+
+from ..stylemamba.checkpoint import StyleMamba
+from ..stylemamba.encoders import load_image_encoder, load_text_encoder
+from ..stylemamba.image_style import encode_reference_style, image_embedding
+from ..stylemamba import mixing
+from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding
+from ..stylemamba.stylize import check_finite
+from . import comfy_bridge
+from .stylemamba_nodes import CATEGORY
+from .widgets import parse_numbers
+
+#: StyleMix's style slots.
+MIX_SLOTS = 4
+
+
+def channels_first(images: torch.Tensor, name: str) -> torch.Tensor:
+    """ComfyUI IMAGE (b, H, W, C) → (b, C, H, W), alpha kept, refusing empty and non-finite batches."""
+    if images.dim() != 4:
+        raise ValueError(f"{name} must be an IMAGE batch (batch, height, width, channels), got shape {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch: give at least one image")
+    check_finite(name, images)
+    return images.movedim(-1, 1).float()
+
+
+class ImageStyleEncode:
+    DESCRIPTION = (
+        "Encodes reference image(s) with the model's SigLIP image tower into a STYLE_EMBED, the same kind and space "
+        "as Text Style Encode's. A batch of references is one style: their embeddings are averaged with the optional "
+        "weights. Any size is resized and an alpha channel is put on white, as SigLIP's own preprocessing does."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STYLE_EMBED",)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("The references' style as a SigLIP embedding, plus its direction from the content.",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {
+            "required": {
+                "style_mamba": ("STYLE_MAMBA", {"tooltip": "Decides which SigLIP encodes the images (the model's own)."}),
+                "images": ("IMAGE", {"tooltip": "The style reference(s); a batch of several is averaged into one style."}),
+            },
+            "optional": {
+                "weights": ("STRING", {
+                    "default": "",
+                    "tooltip": "One weight per reference image, e.g. '1, 0.5, 0.5' (normalised to sum to 1); empty = equal.",
+                }),
+                "content": ("IMAGE", {"tooltip": "The content image(s): the style's direction starts from them. "
+                                                 "Without it, from the model's source text (e.g. 'a photo')."}),
+            },
+        }
+
+    def encode(
+        self, style_mamba: StyleMamba, images: torch.Tensor, weights: str = "", content: torch.Tensor | None = None
+    ) -> tuple[StyleEmbedding]:
+        references = channels_first(images, "ImageStyleEncode: images")
+        shares = parse_numbers(weights, "ImageStyleEncode: weights", count=references.shape[0])
+        resolved = comfy_bridge.resolve_encoder(style_mamba.text_encoder)
+        encoder = load_image_encoder(resolved)
+        comfy_bridge.load_model(encoder, encoder.model, "text encoder")
+        if content is not None:
+            source = image_embedding(encoder, [channels_first(content, "ImageStyleEncode: content")])
+        else:
+            text_encoder = load_text_encoder(resolved)
+            device = comfy_bridge.load_model(text_encoder, text_encoder.model, "text encoder")
+            with torch.no_grad():
+                source = text_encoder.encode_style(style_mamba.training.get("source_text") or DEFAULT_SOURCE_TEXT, device).cpu()
+        style = encode_reference_style(encoder, [references], source, shares)
+        if style.target.shape[-1] != style_mamba.config.style_dim:
+            raise ValueError(
+                f"ImageStyleEncode: SigLIP {resolved!r} gives {style.target.shape[-1]}-d image embeddings but this StyleMamba "
+                f"model takes {style_mamba.config.style_dim}-d styles; load the model with the SigLIP it was trained with"
+            )
+        return (style,)
+
+
+class StyleMix:
+    DESCRIPTION = (
+        "Mixes up to 4 styles (text or image) into one STYLE_EMBED that StyleFuse applies in a single pass. "
+        "Weights are normalised to sum to 1 (0 leaves a style out). A MASK gives a style a region: each latent pixel "
+        "mixes the styles by weight × mask, soft edges blend, and pixels no mask covers stay unchanged; a style "
+        "without a mask covers the whole image. All styles must come from the same StyleMamba model's encoder."
+    )
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STYLE_EMBED",)
+    RETURN_NAMES = ("style",)
+    OUTPUT_TOOLTIPS = ("The mix; connect it to StyleFuse's style (or to another StyleMix for more styles).",)
+    FUNCTION = "mix"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        weight = ("FLOAT", {
+            "default": 1.0, "min": 0.0, "max": 100.0, "step": 0.05, "tooltip": "Relative weight; all weights are normalised to sum to 1.",
+        })
+        mask = ("MASK", {"tooltip": "Where this style goes (white) in the content image; resized to the latent."})
+        optional = {"mask_1": mask}
+        for slot in range(2, MIX_SLOTS + 1):
+            optional.update({f"style_{slot}": ("STYLE_EMBED",), f"weight_{slot}": weight, f"mask_{slot}": mask})
+        return {"required": {"style_1": ("STYLE_EMBED",), "weight_1": weight}, "optional": optional}
+
+    def mix(
+        self, style_1: StyleEmbedding | mixing.StyleMix, weight_1: float, mask_1: torch.Tensor | None = None,
+        style_2: StyleEmbedding | mixing.StyleMix | None = None, weight_2: float = 1.0, mask_2: torch.Tensor | None = None,
+        style_3: StyleEmbedding | mixing.StyleMix | None = None, weight_3: float = 1.0, mask_3: torch.Tensor | None = None,
+        style_4: StyleEmbedding | mixing.StyleMix | None = None, weight_4: float = 1.0, mask_4: torch.Tensor | None = None,
+    ) -> tuple[mixing.StyleMix]:
+        slots = [(style_1, weight_1, mask_1), (style_2, weight_2, mask_2), (style_3, weight_3, mask_3), (style_4, weight_4, mask_4)]
+        for slot, (style, _, mask) in enumerate(slots, start=1):
+            if style is None and mask is not None:
+                raise ValueError(f"StyleMix: mask_{slot} is connected but style_{slot} is not; connect its style or remove the mask")
+        used = [(style, weight, mask) for style, weight, mask in slots if style is not None]
+        styles, weights, masks = (list(column) for column in zip(*used))
+        return (mixing.mix_styles(styles, weights, masks),)
+
+
+NODE_CLASS_MAPPINGS = {"ImageStyleEncode": ImageStyleEncode, "StyleMix": StyleMix}
+NODE_DISPLAY_NAME_MAPPINGS = {"ImageStyleEncode": "Image Style Encode (SigLIP)", "StyleMix": "StyleMamba Style Mix (weights, regions)"}

@@ -1,0 +1,270 @@
+"""The pack inside a real ComfyUI server: every example workflow, bad inputs, and Cancel during a fit.
+
+Everything is queued through ``../shared/tools/run_workflow.py``, as a user's browser would queue it, on
+one ``main.py --cpu`` server over random-weight stand-ins in the real file formats (``probes/make_standins.py``).
+The SDXL workflows run on the SD1.5-shaped stand-in (a ``--set`` of the checkpoint, CLIP-vision and
+IP-Adapter names): an SDXL UNet is 2.6 G parameters, and detection fixes its size; the wiring, the nodes
+and the StyleStudio patch path are the same. Pictures are 64-96 px and samplers take 2 steps.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_WORKFLOW = REPO.parent / "shared" / "tools" / "run_workflow.py"
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+SD15_STANDIN = ("1.ckpt_name=sd15_standin.safetensors", "2.clip_name=clip_vision_vitl_standin.safetensors")
+#: Per workflow: the ``--set`` overrides that load the stand-ins and keep it small on a CPU.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "text_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors",),
+    "image_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "4.checkpoint=van_gogh_00001.safetensors"),
+    "regional_styles.json": ("2.vae_name=sd_vae_standin.safetensors", "4.checkpoint=van_gogh_00001.safetensors"),
+    "train_and_apply_style.json": ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=2", "3.max_resolution=64"),
+    "stylestudio_sdxl.json": (*SD15_STANDIN, "4.ipadapter_file=csgo_sd15_standin.bin",
+                              "7.width=64", "7.height=64", "8.steps=2"),
+    "stylestudio_negative_style_controlnet.json": (
+        *SD15_STANDIN, "4.ipadapter_file=ip-adapter_sd15_standin.safetensors", "7.width=64", "7.height=64", "8.steps=2",
+        "13.control_net_name=controlnet_sd15_standin.safetensors", "17.width=64", "17.height=64", "18.steps=2"),
+}
+FILE_VALUE = re.compile(r"\.(safetensors|bin|ckpt|pt|pth|png|jpe?g)$", re.IGNORECASE)
+#: ComfyUI's warnings when a file lacks weights its detected model has: a stand-in must never trigger them.
+MISSING_WEIGHTS = re.compile(r"unet missing|clip missing|Missing VAE keys|missing clip vision|missing controlnet keys")
+FIT_STEP = re.compile(r"TrainStyleMamba:\s*\d+%\|[^|]*\|\s*[1-9]\d*/\d+")  # tqdm: a step is done
+QUEUE_TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Queued:
+    """One run_workflow.py line: ``ok``, and what it printed (outputs, or the error ComfyUI gave)."""
+
+    ok: bool
+    line: str
+    seconds: float
+
+    @property
+    def outputs(self) -> dict[str, list[str]]:
+        return ast.literal_eval(self.line.split("outputs ", 1)[1])
+
+    @property
+    def error(self) -> dict:
+        """``node_type``, ``exception_type``, ``exception_message`` of an execution error."""
+        assert "execution error: " in self.line, self.line
+        return ast.literal_eval(self.line.split("execution error: ", 1)[1])
+
+
+def run_workflow(url: str, workflow: Path, overrides: tuple[str, ...]) -> list[str]:
+    """The run_workflow.py command line that queues ``workflow`` on the server at ``url`` with ``--set`` overrides."""
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    return [sys.executable, str(RUN_WORKFLOW), "--server", url, "--timeout", str(QUEUE_TIMEOUT_S), str(workflow), *sets]
+
+
+def queue(server, workflow: Path, overrides: tuple[str, ...] = ()) -> Queued:
+    """Queue on ``server`` (the ``comfy_server`` fixture) and wait for the result."""
+    start = time.perf_counter()
+    done = subprocess.run(run_workflow(server.url, workflow, overrides), capture_output=True, text=True,
+                          timeout=QUEUE_TIMEOUT_S + 60)
+    seconds = time.perf_counter() - start
+    line = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.stderr[-2000:]
+    return Queued(done.returncode == 0 and line.startswith("ok "), line, seconds)
+
+
+@functools.cache
+def output_node_types(url: str) -> frozenset[str]:
+    with urllib.request.urlopen(url + "/object_info", timeout=60) as answer:
+        info = json.loads(answer.read())
+    return frozenset(name for name, spec in info.items() if spec.get("output_node"))
+
+
+def needed_files(workflow: dict) -> list[str]:
+    """What a workflow loads from disk, as ``node_id TYPE: value`` (for a workflow that has no recipe yet)."""
+    return [f"{node['id']} {node['type']}: {value}" for node in workflow["nodes"]
+            for value in (node.get("widgets_values") or []) if isinstance(value, str) and FILE_VALUE.search(value)]
+
+
+def node(workflow: dict, node_id: int) -> dict:
+    return next(n for n in workflow["nodes"] if n["id"] == node_id)
+
+
+def add_node(workflow: dict, class_type: str, widgets: list, inputs: tuple[str, ...] = ()) -> int:
+    node_id = max(n["id"] for n in workflow["nodes"]) + 1
+    workflow["nodes"].append({"id": node_id, "type": class_type, "mode": 0, "widgets_values": widgets,
+                              "inputs": [{"name": name, "link": None} for name in inputs]})
+    return node_id
+
+
+def connect(workflow: dict, source: int, slot: int, target: int, input_name: str) -> None:
+    """Link ``source``'s output ``slot`` to ``target``'s input (replacing whatever fed it), as the UI stores links."""
+    link_id = max(link[0] for link in workflow["links"]) + 1
+    inputs = node(workflow, target)["inputs"]
+    index = next(i for i, entry in enumerate(inputs) if entry["name"] == input_name)
+    inputs[index]["link"] = link_id
+    workflow["links"].append([link_id, source, slot, target, index, "*"])
+
+
+def edited(tmp_path: Path, name: str, change: Callable[[dict], None]) -> Path:
+    """A copy of ``workflows/<name>`` with ``change(workflow)`` applied, saved for run_workflow.py."""
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    change(workflow)
+    path = tmp_path / name
+    path.write_text(json.dumps(workflow))
+    return path
+
+
+def test_pack_imports_without_error(comfy_server) -> None:
+    from comfyui_stylemamba import NODE_CLASS_MAPPINGS
+
+    log = comfy_server.log_text()
+    pack = str(comfy_server.base / "custom_nodes" / "comfyui-stylemamba")
+    import_lines = [line for line in log.splitlines() if line.rstrip().endswith(pack)]
+    assert import_lines and not any("IMPORT FAILED" in line for line in import_lines), log[-3000:]
+    assert not [line for line in log.splitlines() if "Cannot import" in line and "comfyui-stylemamba" in line]
+    with urllib.request.urlopen(comfy_server.url + "/object_info", timeout=60) as answer:
+        registered = set(json.loads(answer.read()))
+    assert set(NODE_CLASS_MAPPINGS) <= registered, sorted(set(NODE_CLASS_MAPPINGS) - registered)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.name for w in WORKFLOWS])
+def test_workflow_runs_with_stand_ins(comfy_server, workflow: Path, tier_report: list[str]) -> None:
+    content = json.loads(workflow.read_text())
+    if workflow.name not in RECIPES:
+        pytest.fail(f"{workflow.name} has no stand-in recipe in tests/comfyui/test_server.py RECIPES; it loads "
+                    f"{needed_files(content)}: add --set overrides naming stand-ins (and one to probes/make_standins.py "
+                    f"for any new file kind) and small sizes", pytrace=False)
+    result = queue(comfy_server, workflow, RECIPES[workflow.name])
+    tier_report.append(f"workflow {workflow.name}: {result.seconds:.1f} s wall ({result.line})")
+    print(f"{workflow.name}: {result.seconds:.1f} s")
+    assert result.ok, result.line
+    outputs = {str(n["id"]) for n in content["nodes"]
+               if n["type"] in output_node_types(comfy_server.url) and n.get("mode", 0) not in (2, 4)}
+    assert outputs <= set(result.outputs), f"output nodes {sorted(outputs)} gave {result.outputs}"
+    assert not MISSING_WEIGHTS.findall(comfy_server.log_text())
+
+
+def sd3_latent(workflow: dict) -> None:
+    """VAEEncode -> a 16-channel latent, as an SD3/Flux.1 VAE gives."""
+    node(workflow, 3).update(type="EmptySD3LatentImage", widgets_values=[64, 64, 1], inputs=[])
+
+
+def nan_latent(workflow: dict) -> None:
+    """The encoded latent times NaN (ComfyUI's range check lets NaN through) before StyleFuse."""
+    multiply = add_node(workflow, "LatentMultiply", [float("nan")], inputs=("samples",))
+    connect(workflow, 3, 0, multiply, "samples")
+    connect(workflow, multiply, 0, 6, "latent")
+
+
+def other_encoder(workflow: dict) -> None:
+    """TextStyleEncode through another SigLIP (same width) than the one the StyleFuse model was trained with."""
+    loader = add_node(workflow, "LoadStyleMamba", ["van_gogh_00001.safetensors", "other-siglip", 4])
+    connect(workflow, loader, 0, 5, "style_mamba")
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """A broken variant of text_style_transfer.json: the node that must refuse it and words its message must hold."""
+
+    name: str
+    node_type: str
+    expected: tuple[str, ...]
+    overrides: tuple[str, ...] = ()
+    change: Callable[[dict], None] | None = None  # edits the workflow's graph
+
+
+BAD_INPUTS = [
+    BadInput("strength NaN", "StyleFuse", ("strength", "nan"), ("6.strength=NaN",)),
+    BadInput("NaN latent", "StyleFuse", ("latent", "nan"), change=nan_latent),
+    BadInput("16-channel latent", "StyleFuse", ("4-channel", "16 channels"), change=sd3_latent),
+    BadInput("empty style text", "TextStyleEncode", ("style text is empty",), ('5.text=""',)),
+    BadInput("style from another encoder", "StyleFuse", ("other-siglip", "siglip-base-patch16-224"), change=other_encoder),
+    BadInput("not a StyleMamba file", "LoadStyleMamba", ("not_stylemamba.safetensors", "not a StyleMamba checkpoint"),
+             ("4.checkpoint=not_stylemamba.safetensors",)),
+]
+
+
+@pytest.fixture(scope="module")
+def foreign_checkpoint(comfy_server) -> Path:
+    """A safetensors file in models/stylemamba that some other tool wrote (no StyleMamba metadata)."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = comfy_server.base / "models" / "stylemamba" / "not_stylemamba.safetensors"
+    save_file({"weight": torch.zeros(2, 2)}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.name for b in BAD_INPUTS])
+def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpoint: Path,
+                                                   bad: BadInput, tmp_path: Path, tier_report: list[str]) -> None:
+    base = "text_style_transfer.json"
+    workflow = edited(tmp_path, base, bad.change) if bad.change else REPO / "workflows" / base
+    result = queue(comfy_server, workflow, (*RECIPES[base], *bad.overrides))
+    assert not result.ok, f"{bad.name} was accepted: {result.line}"
+    error = result.error
+    shown = f"{error['exception_type']}: {error['exception_message'].strip()}"
+    tier_report.append(f"bad input {bad.name!r} -> {error['node_type']}: {shown}")
+    print(f"{bad.name}: {shown}")
+    assert error["node_type"] == bad.node_type
+    assert "/" not in error["exception_type"] and "." not in error["exception_type"]
+    assert all(word.lower() in error["exception_message"].lower() for word in bad.expected), shown
+
+
+def test_missing_checkpoint_is_rejected_naming_the_input_and_the_choices(comfy_server, tier_report: list[str]) -> None:
+    base = "text_style_transfer.json"
+    result = queue(comfy_server, REPO / "workflows" / base, (*RECIPES[base], "4.checkpoint=missing.safetensors"))
+    tier_report.append(f"bad input 'missing checkpoint' -> {result.line[:400]}")
+    print(f"missing checkpoint: {result.line[:400]}")
+    assert not result.ok and "rejected" in result.line
+    assert "checkpoint: 'missing.safetensors' not in ['new (untrained)', " in result.line  # the choices follow
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.safetensors")}
+
+
+def test_cancel_during_training_keeps_the_best_model(comfy_server, tier_report: list[str]) -> None:
+    """Cancel (``/interrupt``) after the first fit step: the best model so far lands in models/stylemamba."""
+    from comfyui_stylemamba.stylemamba.checkpoint import read_metadata
+
+    folder = comfy_server.base / "models" / "stylemamba"
+    before, log_start = digests(folder), len(comfy_server.log_text())
+    overrides = ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=10000", "3.max_resolution=64")
+    workflow = REPO / "workflows" / "train_and_apply_style.json"
+    run = subprocess.Popen(run_workflow(comfy_server.url, workflow, overrides), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + QUEUE_TIMEOUT_S
+        while not FIT_STEP.search(comfy_server.log_text()[log_start:]):
+            assert run.poll() is None, f"the workflow ended before a fit step: {run.stdout.read()}"
+            assert time.monotonic() < deadline, "no fit step logged in time"
+            time.sleep(0.5)
+        comfy_server.post("/interrupt")
+        line = run.communicate(timeout=QUEUE_TIMEOUT_S)[0].strip()
+    finally:
+        run.kill()
+    assert not line.startswith("ok "), line
+    after = digests(folder)
+    assert {name: after[name] for name in before} == before, "an existing checkpoint was overwritten"
+    new = sorted(set(after) - set(before))
+    log = comfy_server.log_text()[log_start:]
+    said = [line for line in log.splitlines() if "TrainStyleMamba:" in line and "%|" not in line]
+    tier_report.append(f"Cancel during TrainStyleMamba: new checkpoints {new}; log: {said}")
+    assert len(new) == 1, new
+    metadata = read_metadata(folder / new[0])
+    assert json.loads(metadata["training"])["stopped_early"] is True
+    assert new[0] in log, "the log does not say where the model was written"
+    with urllib.request.urlopen(comfy_server.url + "/history", timeout=30) as answer:
+        last = list(json.loads(answer.read()).values())[-1]
+    assert any(new[0] in str(text) for text in last["outputs"].get("3", {}).get("text", [])), last["outputs"]
