@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from comfyui_stylemamba.stylemamba.encoders import STYLE_TEMPLATES, EncoderNotFoundError, ImageEncoder, TextEncoder
-from comfyui_stylemamba.stylemamba.style import encode_image_style, encode_text_style
+from comfyui_stylemamba.stylemamba.style import encode_text_style
 
 from conftest import TINY_EMBED_DIM
 
@@ -50,14 +50,6 @@ def test_image_embeddings_are_differentiable(tiny_siglip):
     assert images.grad.abs().max() > 0
     with pytest.raises(ValueError, match="\\(batch, 3, height, width\\)"):
         encoder.encode(torch.rand(2, 1, 8, 8))
-
-
-def test_image_style(tiny_siglip):
-    encoder = ImageEncoder.from_pretrained(str(tiny_siglip))
-    style = encode_image_style(encoder, torch.rand(2, 3, 32, 32), torch.rand(1, 3, 32, 32))
-    assert style.target.shape == style.source.shape == (1, TINY_EMBED_DIM)
-    with pytest.raises(ValueError, match="at least one style image"):
-        encode_image_style(encoder, torch.rand(0, 3, 32, 32), torch.rand(1, 3, 32, 32))
 
 
 def test_style_width_comes_from_the_config_alone(tmp_path, tiny_siglip):
