@@ -147,14 +147,14 @@ def _reverse_sweep(
 
 
 class ChunkedScan(torch.autograd.Function):
-    """y = C·h with h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t on fp32 inputs; B/C grouped (b, g, n, L)."""
+    """y = C·h with h_t = exp(Δ_t A) h_{t-1} + Δ_t u_t B_t, h_{-1} = init, on fp32 inputs; B/C grouped (b, g, n, L)."""
 
     @staticmethod
-    def forward(ctx, dt, u, A, B, C):
+    def forward(ctx, dt, u, A, B, C, init):
         slabs = _Slabs(dt, u, A, B, C)
         ends = dt.new_zeros(slabs.slab)
         _sweep(slabs, ends)
-        starts, last = _carry(ends, slabs.totals, dt.new_zeros(slabs.slab[:-1]))
+        starts, last = _carry(ends, slabs.totals, init.reshape(slabs.slab[:-1]))
         y = _sweep(slabs, starts.clone(), C=slabs.C)
         ctx.save_for_backward(dt, u, A, B, C, starts)
         ctx.mark_non_differentiable(last)
@@ -163,7 +163,10 @@ class ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g_y, _g_last):
-        """Recompute all states from the saved chunk starts (2 (b, dim, d_state, L) fp32 buffers), then λ."""
+        """Recompute all states from the saved chunk starts (2 (b, dim, d_state, L) fp32 buffers), then λ.
+
+        The adjoint carried out through the first chunk's start is the gradient of the initial state.
+        """
         dt, u, A, B, C, starts = ctx.saved_tensors
         slabs = _Slabs(dt, u, A, B, C)
         batch, groups, per_group, _, _ = slabs.slab
@@ -173,17 +176,25 @@ class ChunkedScan(torch.autograd.Function):
         # Adjoint carried into each chunk from the future: ν_{c-1} = total_c·ν_c + (outgoing adjoint of chunk c).
         outgoing = gy.new_zeros(slabs.slab)
         _reverse_sweep(slabs, gy, outgoing, decays)
-        carried, _ = _carry(outgoing.flip(-1), slabs.totals.flip(-1), gy.new_zeros(slabs.slab[:-1]))
+        carried, g_init = _carry(outgoing.flip(-1), slabs.totals.flip(-1), gy.new_zeros(slabs.slab[:-1]))
         grads = _reverse_sweep(slabs, gy, carried.flip(-1).contiguous(), decays, states)
         dim, length = u.shape[1], slabs.length
         g_x = _from_steps(grads["x"], length).reshape(batch, dim, length)
         g_dt = g_x * u + _from_steps(grads["decay"], length).reshape(batch, dim, length)
         g_A = grads["A"].sum(dim=(0, -1)).reshape(A.shape)
-        return g_dt, g_x * dt, g_A, _from_steps(grads["B"], length), _from_steps(grads["C"], length)
+        g_B, g_C = _from_steps(grads["B"], length), _from_steps(grads["C"], length)
+        return g_dt, g_x * dt, g_A, g_B, g_C, g_init.reshape(batch, dim, -1)
 
 
 def chunked_scan(
-    dt: torch.Tensor, u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor
+    dt: torch.Tensor,
+    u: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Core scan (no D, z or Δ preprocessing) in fp32; B/C as (b, g, n, L). Returns y and the last state."""
-    return ChunkedScan.apply(dt.float(), u.float(), A.float(), B.float(), C.float())
+    """Core scan (no D, z or Δ preprocessing) in fp32; B/C as (b, g, n, L); the state starts at
+    ``initial_state`` (b, dim, d_state), zero when None. Returns y and the last state."""
+    init = dt.new_zeros((u.shape[0], u.shape[1], A.shape[-1])) if initial_state is None else initial_state
+    return ChunkedScan.apply(dt.float(), u.float(), A.float(), B.float(), C.float(), init.float())

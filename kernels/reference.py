@@ -38,15 +38,17 @@ def selective_scan_reference(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
 ):
-    """One time step at a time: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t · h_t."""
+    """One time step at a time: h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t, y_t = C_t · h_t, h_{-1} = ``initial_state``."""
     dim = u.shape[1]
     delta = prepare_delta(delta, delta_bias, delta_softplus)
     A = A.float()
     B = expand_groups(B, dim).float()
     C = expand_groups(C, dim).float()
     uf = u.float()
-    state = u.new_zeros((u.shape[0], dim, A.shape[1]), dtype=torch.float32)
+    zeros = u.new_zeros((u.shape[0], dim, A.shape[1]), dtype=torch.float32)
+    state = zeros if initial_state is None else initial_state.float()
     ys = []
     # unbind once: indexing [..., t] in the loop would make autograd build a full-size zero gradient per step.
     for dt, ut, Bt, Ct in zip(delta.unbind(-1), uf.unbind(-1), B.unbind(-1), C.unbind(-1)):

@@ -19,9 +19,11 @@ def selective_scan_torch(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     return_last_state: bool = False,
+    initial_state: torch.Tensor | None = None,
 ):
     """``selective_scan_fn`` on the chunked scan; D, z and Δ preprocessing stay plain autograd ops."""
     dt = prepare_delta(delta, delta_bias, delta_softplus)
-    y, last = chunked_scan(dt, u, A, B if B.dim() == 4 else B.unsqueeze(1), C if C.dim() == 4 else C.unsqueeze(1))
+    B, C = (x if x.dim() == 4 else x.unsqueeze(1) for x in (B, C))
+    y, last = chunked_scan(dt, u, A, B, C, initial_state)
     out = finish_output(y, u, D, z)
     return (out, last) if return_last_state else out

@@ -6,7 +6,7 @@ from ..stylemamba.checkpoint import StyleMamba, load_checkpoint, new_style_mamba
 from ..stylemamba.config import DEFAULT_TEXT_ENCODER, config_for_encoder
 from ..stylemamba.encoders import load_text_encoder
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
-from ..stylemamba.stylize import stylize_latents
+from ..stylemamba.stylize import TEMPORAL_MODES, stylize_latents
 from . import comfy_bridge
 
 CATEGORY = "style_transfer/StyleMamba"
@@ -86,7 +86,8 @@ class TextStyleEncode:
 class StyleFuse:
     DESCRIPTION = (
         "Restyles a LATENT with a StyleMamba model and a style embedding. Keeps the LATENT's other keys; "
-        "an optional MASK limits the change; video latents are styled frame by frame."
+        "an optional MASK limits the change. Video latents (Wan, HunyuanVideo, LTX-Video, Mochi, Cosmos) are styled "
+        "across frames in chunks that carry the temporal state, so any length runs in the memory of one chunk."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("LATENT",)
@@ -103,14 +104,23 @@ class StyleFuse:
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "0 = unchanged, 1 = as trained, 2 = exaggerated."}),
             },
             "optional": {
-                "mask": ("MASK", {"tooltip": "White = stylise, black = keep; resized to the latent."}),
+                "mask": ("MASK", {"tooltip": "White = stylise, black = keep; resized to the latent. For video: one mask, "
+                                  "one per latent frame, or one per video frame."}),
+                "temporal": (list(TEMPORAL_MODES), {"default": "auto", "tooltip": "Video only. auto = across frames "
+                             "for video latents; 'across frames' on an image latent is an error; 'frame by frame' ignores "
+                             "the model's temporal mixers."}),
+                "chunk_frames": ("INT", {"default": 16, "min": 1, "max": 4096, "tooltip": "Video only (images ignore it): "
+                                 "latent frames per step; memory grows with it, the result does not change."}),
             },
         }
 
-    def fuse(self, style_mamba: StyleMamba, latent: dict, style: StyleEmbedding, strength: float, mask=None) -> tuple[dict]:
+    def fuse(
+        self, style_mamba: StyleMamba, latent: dict, style: StyleEmbedding, strength: float, mask=None,
+        temporal: str = "auto", chunk_frames: int = 16,
+    ) -> tuple[dict]:
         samples = latent["samples"]
-        frames = samples.shape[0] * (samples.shape[2] if samples.dim() == 5 else 1)
-        progress = comfy_bridge.Progress(frames)
+        video = samples.dim() == 5
+        progress = comfy_bridge.Progress(samples.shape[2] if video else samples.shape[0])
 
         def report(done: int, total: int) -> None:
             progress(done, total)
@@ -120,6 +130,7 @@ class StyleFuse:
         styled = stylize_latents(
             style_mamba, samples, style, strength, mask,
             device=device, autocast_dtype=comfy_bridge.autocast_dtype(device), progress=report,
+            temporal=temporal, **({"batch_size": chunk_frames} if video else {}),
         )
         return ({**latent, "samples": styled},)
 

@@ -20,7 +20,9 @@ from .model import StyleFusionModel
 from .state_dicts import state_dict_problems
 
 FORMAT = "stylemamba"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The first format whose files hold the temporal mixers (``temporal.*``); older files must hold none of them.
+TEMPORAL_VERSION = 2
 
 
 class CheckpointError(PackError, ValueError):
@@ -128,14 +130,19 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
     from safetensors.torch import load_file
 
     path = Path(path)
-    config, text_encoder, training = parse_metadata(read_metadata(path), path.name)
+    metadata = read_metadata(path)
+    config, text_encoder, training = parse_metadata(metadata, path.name)
     model = StyleFusionModel(config)
     try:
         tensors = load_file(str(path), device=str(device))
     except Exception as error:
         raise CheckpointError(f"{path.name}: tensor data unreadable (truncated download?): {error}") from error
-    problems = state_dict_problems(model.state_dict(), tensors)
+    expected = model.state_dict()
+    before_video = int(metadata["format_version"]) < TEMPORAL_VERSION
+    if before_video:  # an image-only file: its temporal mixers keep their identity (zero-output) initialisation
+        expected = {name: value for name, value in expected.items() if not name.startswith("temporal.")}
+    problems = state_dict_problems(expected, tensors)
     if problems:
         raise CheckpointError(f"{path.name} does not match its own config: {problems}")
-    model.load_state_dict(tensors)
+    model.load_state_dict(tensors, strict=not before_video)
     return StyleMamba(model=model.to(device).eval(), text_encoder=text_encoder, training=training, source=str(path))

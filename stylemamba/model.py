@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import PackError
 from ..kernels import cross_scan_2d
 from .config import StyleMambaConfig
+from .temporal import TemporalContext, TemporalMixer
 
 
 class ModelInputError(PackError, ValueError):
@@ -176,6 +177,8 @@ class StyleFusionModel(nn.Module):
         self.style_embed = nn.Sequential(nn.Linear(config.style_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.stem = nn.Conv2d(config.latent_channels, w, kernel_size=p, stride=p)
         self.blocks = nn.ModuleList(FusionBlock(config) for _ in range(config.depth))
+        # Video only (``forward(..., temporal=)``); zero-initialised output, so images and fresh weights never see it.
+        self.temporal = nn.ModuleList(TemporalMixer(config) for _ in range(config.depth))
         self.final_norm = nn.LayerNorm(w, elementwise_affine=False, eps=1e-6)
         self.final_modulation = nn.Linear(w, 2 * w)
         self.head = nn.Linear(w, config.latent_channels * p * p)
@@ -187,6 +190,8 @@ class StyleFusionModel(nn.Module):
         """Choose the kernels backend for every mixer (``auto`` picks by device)."""
         for block in self.blocks:
             block.mixer.scan_backend = backend
+        for mixer in self.temporal:
+            mixer.scan_backend = backend
 
     def check_latent_channels(self, channels: int) -> None:
         """The one latent-channel check (the model's own and every caller's up-front one), naming both VAE families."""
@@ -231,7 +236,12 @@ class StyleFusionModel(nn.Module):
             )
 
     def forward(
-        self, latent: torch.Tensor, style: torch.Tensor, strength: float = 1.0, style_weights: torch.Tensor | None = None
+        self,
+        latent: torch.Tensor,
+        style: torch.Tensor,
+        strength: float = 1.0,
+        style_weights: torch.Tensor | None = None,
+        temporal: TemporalContext | None = None,
     ) -> torch.Tensor:
         self.check_inputs(latent, style, style_weights)
         batch, _, height, width = latent.shape
@@ -249,8 +259,10 @@ class StyleFusionModel(nn.Module):
         else:  # one condition per style; the blocks mix their modulations
             cond = F.silu(self.style_embed(style.to(tokens.dtype)))
             style_weights = token_weights(style_weights, p) if style_weights.dim() == 4 else style_weights
-        for block in self.blocks:
+        for index, block in enumerate(self.blocks):
             tokens = block(tokens, cond, grid_h, grid_w, style_weights)
+            if temporal is not None:  # latent holds temporal.frames consecutive frames per sample
+                tokens = temporal.mix(index, self.temporal[index], tokens, grid_h, grid_w)
         shift, scale = mix_modulation(self.final_modulation(cond), style_weights).chunk(2, dim=-1)
         change = self.head(modulate(self.final_norm(tokens), shift, scale))
         change = change.transpose(1, 2).reshape(batch, -1, grid_h, grid_w)

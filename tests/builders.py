@@ -65,3 +65,19 @@ def build_tiny_siglip(folder: Path) -> Path:
     SiglipModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def pan_zoom_clip(picture: torch.Tensor, frames: int, height: int, width: int, zoom: float = 0.35) -> torch.Tensor:
+    """A camera move over a still photo (3, H, W) in [0, 1] → (frames, height, width, 3), ComfyUI IMAGE layout.
+
+    The window pans left to right while zooming in by ``zoom``: real parallax-free footage whose
+    frame-to-frame change is known to be smooth, for flicker measurements and the video workflow.
+    """
+    steps = torch.linspace(0, 1, frames)
+    scale = 1 - zoom * steps  # fraction of the photo the window covers
+    theta = torch.zeros(frames, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = scale, scale
+    theta[:, 0, 2] = (1 - scale) * (2 * steps - 1)  # pan from the left edge to the right edge
+    grid = torch.nn.functional.affine_grid(theta, (frames, 3, height, width), align_corners=False)
+    source = picture[None].float().expand(frames, -1, -1, -1)
+    return torch.nn.functional.grid_sample(source, grid, mode="bilinear", align_corners=False).clamp(0, 1).permute(0, 2, 3, 1)

@@ -130,7 +130,7 @@ def test_weights_that_do_not_match_the_config_are_listed(tmp_path, trained):
 @pytest.mark.parametrize(
     "change,message",
     [
-        ({"format_version": "99"}, "format 99; this pack reads up to 1"),
+        ({"format_version": "99"}, "format 99; this pack reads up to 2"),
         ({"config": '{"width": -1}'}, "bad model config"),
         ({"latent_channels": "16"}, "latent_channels=16 disagrees with the config's 4"),
         ({"text_encoder": ""}, "does not name the text encoder"),

@@ -154,7 +154,7 @@ def test_gradients_reach_the_model_the_styles_and_the_mask_weights():
     weights = torch.cat([ramp, 1 - ramp], dim=1).requires_grad_(True)
     model(torch.randn(2, 4, 6, 6), styles, style_weights=weights).square().mean().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
-    assert missing == []
+    assert missing == [name for name, _ in model.temporal.named_parameters(prefix="temporal")]  # video only
     assert (styles.grad.abs().sum(dim=1) > 0).all()
     assert weights.grad.abs().max() > 0
 

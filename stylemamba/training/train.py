@@ -206,6 +206,8 @@ class Trainer:
         self.record = record or {}
         device = distributed.device
         self.module = style_mamba.model.to(device).float().train().requires_grad_(True)
+        # Images never reach the temporal mixers, and DDP refuses parameters that get no gradient.
+        self.module.temporal.requires_grad_(False)
         self.model = (
             DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda" else None)
             if distributed.world_size > 1 else self.module

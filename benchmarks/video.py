@@ -1,0 +1,226 @@
+"""Video StyleFuse: flicker of frame-by-frame vs temporal fusion, frames per second, and memory against length.
+
+Footage: pan-and-zoom clips over the ``../shared/assets`` photos (``tests/builders.pan_zoom_clip``). No
+video VAE runs here (a random Wan VAE would only add noise on CPU), so the clip's "latent" is a fixed
+stand-in with a video latent's geometry: 8×8 average pooling and a fixed random 1×1 projection to 16
+channels (Wan 2.1's channel count and spatial compression; one latent frame per clip frame).
+
+Flicker = mean |Δstyled − Δcontent| / mean |Δcontent| over consecutive frames (``training.temporal.flicker``).
+A fresh temporal model is the identity, so the comparison needs temporal weights that do something:
+
+* ``frame by frame``: the spatial model alone (random "trained-like" spatial weights: AdaLN gates and
+  head opened, std 0.2), each frame on its own;
+* ``temporal, random``: the same spatial weights plus random temporal output projections (std 0.2):
+  what an untrained-but-opened temporal path does (no reason to be better);
+* ``temporal, fitted``: the temporal mixers alone fitted for ``--steps`` Adam steps on the *fit clip* with
+  the flow-free terms (consistency + second order) plus staying near the frame-by-frame style
+  (so flicker cannot fall by dropping the style), then measured on a *different* clip.
+The style strength column (mean |styled − content| / mean |content|) shows the style was kept.
+
+    python benchmarks/video.py                      # everything, CPU, writes nothing
+    python benchmarks/video.py --record benchmarks/results/video-cpu.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the clip builder is shared with the ComfyUI stand-ins
+
+from builders import pan_zoom_clip, trained_like  # noqa: E402
+
+from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba  # noqa: E402
+from comfyui_stylemamba.stylemamba.config import StyleMambaConfig  # noqa: E402
+from comfyui_stylemamba.stylemamba.style import StyleEmbedding  # noqa: E402
+from comfyui_stylemamba.stylemamba.stylize import stylize_latents  # noqa: E402
+from comfyui_stylemamba.stylemamba.temporal import TemporalContext  # noqa: E402
+from comfyui_stylemamba.stylemamba.training.temporal import (  # noqa: E402
+    flicker,
+    temporal_consistency_loss,
+    temporal_second_order_loss,
+)
+
+PHOTOS = REPO.parent / "shared" / "assets" / "images"
+CHANNELS, SPATIAL = 16, 8
+#: Wan 2.1 latents of 480p (832×480) and 720p (1280×720) video.
+SIZES = {"480p": (60, 104), "720p": (90, 160)}
+ENCODER = "google/siglip-base-patch16-224"
+
+
+def load_photo(name: str) -> torch.Tensor:
+    from PIL import Image
+
+    picture = Image.open(PHOTOS / name).convert("RGB")
+    return torch.frombuffer(bytearray(picture.tobytes()), dtype=torch.uint8).reshape(picture.height, picture.width, 3).permute(2, 0, 1) / 255
+
+
+def stand_in_latent(clip: torch.Tensor) -> torch.Tensor:
+    """(T, h, w, 3) frames → (1, 16, T, h/8, w/8): pooled and projected by a fixed random 1×1 map."""
+    projection = torch.randn(CHANNELS, 3, generator=torch.Generator().manual_seed(0))
+    pooled = torch.nn.functional.avg_pool2d(clip.permute(0, 3, 1, 2) * 2 - 1, SPATIAL)  # (T, 3, H, W)
+    return torch.einsum("cr,trhw->cthw", projection, pooled)[None]
+
+
+def model(config: StyleMambaConfig, temporal_std: float) -> StyleMamba:
+    """The tests' trained-like spatial weights (same seed every time) plus temporal output projections of ``temporal_std``."""
+    fusion = trained_like(config)
+    with torch.no_grad():
+        for mixer in fusion.temporal:
+            mixer.out_proj.weight.normal_(std=temporal_std)
+    return StyleMamba(model=fusion.eval(), text_encoder=ENCODER)
+
+
+def style(config: StyleMambaConfig) -> StyleEmbedding:
+    target = torch.nn.functional.normalize(torch.randn(1, config.style_dim, generator=torch.Generator().manual_seed(1)), dim=-1)
+    return StyleEmbedding(target=target, source=-target, description="benchmark style", encoder=ENCODER)
+
+
+def fit_temporal(sm: StyleMamba, latent: torch.Tensor, condition: torch.Tensor, steps: int) -> list[float]:
+    """Adam on the temporal mixers only: flow-free consistency + second order + staying near frame-by-frame style."""
+    fusion = sm.model.train()
+    frames = latent.shape[2]
+    flat = latent.movedim(1, 2).flatten(0, 1)
+    with torch.no_grad():
+        per_frame = fusion(flat, condition)
+    parameters = list(fusion.temporal.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        styled_flat = fusion(flat, condition, temporal=TemporalContext(frames=frames))
+        styled = styled_flat.unflatten(0, (1, frames)).movedim(1, 2)
+        keep = (styled_flat - per_frame).square().mean() / (per_frame - flat).square().mean()
+        loss = temporal_consistency_loss(styled, latent) + temporal_second_order_loss(styled, latent) + keep
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    fusion.eval()
+    return losses
+
+
+def strength(styled: torch.Tensor, content: torch.Tensor) -> float:
+    return ((styled - content).abs().mean() / content.abs().mean()).item()
+
+
+def flicker_table(config: StyleMambaConfig, frames: int, size: tuple[int, int], steps: int) -> tuple[list[str], dict]:
+    fit_clip = stand_in_latent(pan_zoom_clip(load_photo("boat.jpg"), frames, *size))
+    test_clip = stand_in_latent(pan_zoom_clip(load_photo("tubingen.jpeg"), frames, *size))
+    emb = style(config)
+    spatial, random_temporal, fitted = model(config, 0.0), model(config, 0.2), model(config, 0.0)
+    start = time.perf_counter()
+    losses = fit_temporal(fitted, fit_clip, emb.target, steps)
+    fit_seconds = time.perf_counter() - start
+    rows, numbers = [], {}
+    for name, clip in (("fit clip (boat.jpg)", fit_clip), ("held-out clip (tubingen.jpeg)", test_clip)):
+        for label, sm, mode in (
+            ("frame by frame", spatial, "frame by frame"),
+            ("temporal, random", random_temporal, "across frames"),
+            ("temporal, fitted", fitted, "across frames"),
+        ):
+            styled = stylize_latents(sm, clip, emb, temporal=mode, batch_size=4)
+            numbers[(name, label)] = (flicker(styled, clip), strength(styled, clip))
+            rows.append(f"| {name} | {label} | {numbers[(name, label)][0]:.3f} | {numbers[(name, label)][1]:.3f} |")
+    header = [
+        f"Clip: {frames} frames of {size[1]}×{size[0]} px pan+zoom → stand-in latent (1, 16, {frames}, {size[0] // 8}, {size[1] // 8}); "
+        f"temporal fit: {steps} Adam steps (lr 3e-3) on the fit clip in {fit_seconds:.0f} s, loss {losses[0]:.3f} → {losses[-1]:.3f}.",
+        "",
+        "| clip | fusion | flicker | style strength |",
+        "|---|---|---:|---:|",
+    ]
+    return header + rows, numbers
+
+
+def fps_table(config: StyleMambaConfig, frames: int, repeats: int) -> list[str]:
+    rows = ["| latent | fusion | chunk | s per chunk (median) | frames/s |", "|---|---|---:|---:|---:|"]
+    sm, emb = model(config, 0.2), style(config)
+    for label, (height, width) in SIZES.items():
+        latent = torch.randn(1, CHANNELS, frames, height, width, generator=torch.Generator().manual_seed(2))
+        for mode in ("frame by frame", "across frames"):
+            stylize_latents(sm, latent[:, :, :1], emb, temporal=mode)  # warm-up
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                stylize_latents(sm, latent, emb, temporal=mode, batch_size=frames)
+                times.append(time.perf_counter() - start)
+            median = sorted(times)[len(times) // 2]
+            rows.append(f"| {label} Wan 2.1 (16×{height}×{width}) | {mode} | {frames} | {median:.2f} | {frames / median:.2f} |")
+    return rows
+
+
+def peak_rss_mb(frames: int, chunk: int, size: tuple[int, int]) -> float:
+    """Peak RSS of a fresh process styling ``frames`` latent frames in chunks of ``chunk`` (see ``--memory-probe``)."""
+    command = [sys.executable, __file__, "--memory-probe", str(frames), str(chunk), str(size[0]), str(size[1])]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def memory_probe(frames: int, chunk: int, height: int, width: int) -> None:
+    import resource
+
+    config = StyleMambaConfig(latent_channels=CHANNELS, style_dim=768)
+    sm, emb = model(config, 0.2), style(config)
+    latent = torch.randn(1, CHANNELS, frames, height, width)
+    stylize_latents(sm, latent, emb, batch_size=chunk)
+    print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def memory_table(lengths: list[int], chunk: int, size: tuple[int, int]) -> list[str]:
+    rows = ["| latent frames | input+output latents (MB) | peak RSS (MB) |", "|---:|---:|---:|"]
+    for frames in lengths:
+        tensors = 2 * CHANNELS * frames * size[0] * size[1] * 4 / 2**20
+        rows.append(f"| {frames} | {tensors:.1f} | {peak_rss_mb(frames, chunk, size):.0f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=9, help="clip length for the flicker table")
+    parser.add_argument("--clip-size", type=int, nargs=2, default=(192, 256), help="clip height width in px")
+    parser.add_argument("--steps", type=int, default=40, help="Adam steps of the temporal fit")
+    parser.add_argument("--fps-frames", type=int, default=4, help="latent frames per timed chunk")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lengths", type=int, nargs="*", default=[4, 16, 64], help="latent frames for the memory table")
+    parser.add_argument("--record", type=Path, help="write the tables as markdown here")
+    parser.add_argument("--memory-probe", type=int, nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(*args.memory_probe)
+        return
+    torch.set_num_threads(torch.get_num_threads())
+    config = StyleMambaConfig(latent_channels=CHANNELS, style_dim=768)
+    flicker_rows, _ = flicker_table(config, args.frames, tuple(args.clip_size), args.steps)
+    lines = [
+        f"# Video StyleFuse on CPU ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__})",
+        "",
+        "Default StyleMambaConfig with 16 latent channels (Wan 2.1 / HunyuanVideo / Cosmos); `python benchmarks/video.py`.",
+        "",
+        "## Flicker",
+        "",
+        *flicker_rows,
+        "",
+        "## Speed",
+        "",
+        *fps_table(config, args.fps_frames, args.repeats),
+        "",
+        f"## Memory against length (chunks of 4 latent frames, 16×{SIZES['480p'][0]}×{SIZES['480p'][1]} latents)",
+        "",
+        *memory_table(args.lengths, 4, SIZES["480p"]),
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.record:
+        args.record.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
