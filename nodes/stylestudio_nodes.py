@@ -19,6 +19,21 @@ from . import comfy_bridge
 IPADAPTER_FOLDER = "ipadapter"
 
 
+PERCENT = {"min": 0.0, "max": 1.0, "step": 0.01}
+
+
+def schedule_inputs() -> dict[str, tuple]:
+    """The style's and the teacher's windows in the schedule: the same widgets, in the same order, on every StyleStudio node."""
+    return {
+        "start_percent": ("FLOAT", {"default": 0.0, **PERCENT, "tooltip": "Where in the schedule the style starts."}),
+        "end_percent": ("FLOAT", {"default": 1.0, **PERCENT, "tooltip": "Where in the schedule the style ends."}),
+        "teacher": ("BOOLEAN", {"default": True, "tooltip": (
+            "Keep the prompt's layout with a text-only teacher pass (one extra model pass per step while it is active).")}),
+        "teacher_end_percent": ("FLOAT", {"default": 0.4, **PERCENT, "tooltip": (
+            "The teacher is active from the start to here (StyleStudio: 20 of 50 steps = 0.4).")}),
+    }
+
+
 def style_tokens(weights: IPAdapterWeights, features: Tensor) -> Tensor:
     """Project a batch of reference images and join their tokens: several images style together."""
     return project_image_features(weights, features).flatten(0, 1).unsqueeze(0)
@@ -65,7 +80,6 @@ class StyleStudioCrossAdaIN:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
-        percent = {"min": 0.0, "max": 1.0, "step": 0.01}
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5/SD2 or SDXL UNet model (e.g. from Load Checkpoint)."}),
@@ -73,7 +87,7 @@ class StyleStudioCrossAdaIN:
                 "style_image": ("IMAGE", {"tooltip": "Style reference; several images in a batch are used together."}),
                 "ipadapter_file": (comfy_bridge.list_model_files(IPADAPTER_FOLDER), {
                     "tooltip": "IP-Adapter from models/ipadapter: standard, Plus, or CSGO (.safetensors or .bin)."}),
-                "strength": ("FLOAT", {"default": 1.0, **percent,
+                "strength": ("FLOAT", {"default": 1.0, **PERCENT,
                                        "tooltip": "0 leaves the model untouched, 1 is pure cross-modal AdaIN."}),
                 "layers": (list(PRESETS), {"default": "style", "tooltip": (
                     "style: InstantStyle's style layers (SDXL output block 1, SD1.5 output blocks 3-5); "
@@ -81,13 +95,7 @@ class StyleStudioCrossAdaIN:
                 "custom_layers": ("STRING", {"default": "6", "tooltip": (
                     "For layers=custom: cross-attention block indices in UNet order, e.g. '6' or '0-3, 6' "
                     "(SD1.5 0-15, SDXL 0-10).")}),
-                "start_percent": ("FLOAT", {"default": 0.0, **percent, "tooltip": "Where in the schedule the style starts."}),
-                "end_percent": ("FLOAT", {"default": 1.0, **percent, "tooltip": "Where in the schedule the style ends."}),
-                "teacher": ("BOOLEAN", {"default": True, "tooltip": (
-                    "Keep the prompt's layout with a text-only teacher pass "
-                    "(one extra UNet pass per step while it is active).")}),
-                "teacher_end_percent": ("FLOAT", {"default": 0.4, **percent, "tooltip": (
-                    "The teacher is active from the start to here (StyleStudio: 20 of 50 steps = 0.4).")}),
+                **schedule_inputs(),
             },
             "optional": {
                 "negative_style_image": ("IMAGE", {"tooltip": (

@@ -55,7 +55,8 @@ def unet_cross_attention_layers(unet: nn.Module) -> dict[Layer, tuple[int, int]]
         raise UnsupportedModelError(
             f"StyleStudioCrossAdaIN patches UNet cross-attention (attn2) and supports SD1.5/SD2 and SDXL "
             f"UNet models; this model's diffusion model is {type(unet).__name__} "
-            f"(SD3, Flux and other DiT models use joint attention and are not supported)."
+            f"(SD3, Flux and other DiT models use joint attention: for Flux.1 use StyleStudio Cross-Modal AdaIN (Flux / DiT), "
+            f"the others are not supported yet)."
         )
     groups = (("input", list(unet.input_blocks)),
               ("middle", [unet.middle_block] if getattr(unet, "middle_block", None) is not None else []),

@@ -28,4 +28,15 @@ CORE_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     "Canny": ({"image": "IMAGE"}, ("IMAGE",)),
     "ImageScale": ({"image": "IMAGE"}, ("IMAGE",)),
     "LoraLoader": ({"model": "MODEL", "clip": "CLIP"}, ("MODEL", "CLIP")),
+    # Flux: nodes.py loaders and comfy_extras/nodes_flux.py, nodes_sd3.py
+    "UNETLoader": ({}, ("MODEL",)),
+    "DualCLIPLoader": ({}, ("CLIP",)),
+    "StyleModelLoader": ({}, ("STYLE_MODEL",)),
+    "FluxGuidance": ({"conditioning": "CONDITIONING"}, ("CONDITIONING",)),
+    "EmptySD3LatentImage": ({}, ("LATENT",)),
+    # comfy_extras/nodes_video.py; CreateVideo's fps is a FLOAT widget that also takes a link
+    "LoadVideo": ({}, ("VIDEO",)),
+    "GetVideoComponents": ({"video": "VIDEO"}, ("IMAGE", "AUDIO", "FLOAT")),
+    "CreateVideo": ({"images": "IMAGE", "fps": "FLOAT", "audio": "AUDIO"}, ("VIDEO",)),
+    "SaveVideo": ({"video": "VIDEO"}, ()),
 }

@@ -73,7 +73,11 @@ def tiny_unet(family: str, dtype: torch.dtype = torch.float32) -> comfy.model_pa
     config_class, unet_config = UNETS[family]
     config = config_class(dict(unet_config))
     config.set_inference_dtype(dtype, None)
-    model = config.get_model({})
+    return random_patcher(config.get_model({}))
+
+
+def random_patcher(model) -> comfy.model_patcher.ModelPatcher:
+    """``model``'s diffusion model with seeded random weights (zero biases, unit norms), in a CPU ``ModelPatcher``."""
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, parameter in model.diffusion_model.named_parameters():
@@ -86,6 +90,19 @@ def tiny_unet(family: str, dtype: torch.dtype = torch.float32) -> comfy.model_pa
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+def counting_model(base) -> tuple[comfy.model_patcher.ModelPatcher, list[int]]:
+    """A clone with a function wrapper that a teacher's wrapper must chain to; the list gets one entry per model pass."""
+    passes: list[int] = []
+
+    def counting_wrapper(apply_model, args):
+        passes.append(1)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    counted = base.clone()
+    counted.set_model_unet_function_wrapper(counting_wrapper)
+    return counted, passes
 
 
 def conditioning(family: str, seed: int) -> list:
@@ -217,14 +234,7 @@ def family_report(family: str, folder: Path) -> dict:
         "ours_unchanged_after_ip_added": distance(sample(ours, family), ours_alone), **orders,
     }
 
-    passes: list[int] = []  # one entry per UNet pass, from a wrapper that the teacher's wrapper must chain to
-
-    def counting_wrapper(apply_model, args):
-        passes.append(1)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    counted = base.clone()
-    counted.set_model_unet_function_wrapper(counting_wrapper)
+    counted, passes = counting_model(base)
     teacher_results, unet_calls = {}, {}
     for teacher in (False, True):
         before = len(passes)
