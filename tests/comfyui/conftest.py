@@ -37,6 +37,8 @@ SHARED = REPO.parent / "shared"
 ARCHIVE = SHARED / "comfyui" / "ComfyUI-0.3.64.tar.gz"
 PHOTOS = SHARED / "assets" / "images"
 PACK_LINK = "comfyui-stylemamba"
+#: Test-only nodes (``standin_nodes/``), linked into the test server's custom_nodes beside the pack, never shipped.
+STANDIN_NODES_LINK = "stylemamba-test-standins"
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|torchaudio)\s*([<>=!~;\[].*)?$")
 SERVER_START_S = 180
@@ -167,14 +169,15 @@ def comfyui() -> ComfyEnv:
 def comfy_base(comfyui: ComfyEnv, tmp_path_factory) -> Iterator[Path]:
     """A ComfyUI ``--base-directory`` (models, input, output, custom_nodes) holding the stand-in models.
 
-    The models (1.5 GB) are deleted after the session; pytest keeps the rest of its last three temp trees.
+    The models (3.8 GB) are deleted after the session; pytest keeps the rest of its last three temp trees.
     """
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_LINK).symlink_to(REPO, target_is_directory=True)
+    (base / "custom_nodes" / STANDIN_NODES_LINK).symlink_to(HERE / "standin_nodes", target_is_directory=True)
     made = comfyui.probe("make_standins.py", str(base), *([str(PHOTOS)] if PHOTOS.is_dir() else []))
-    assert made["sd15_detected_as"] == "SD15", made
-    REPORT.append(f"stand-in models written in {made['seconds']} s: {made['files']}")
+    assert made["sd15_detected_as"] == "SD15" and made["flux_detected_as"] == "Flux", made
+    REPORT.append(f"stand-in models written in {made['seconds']} s (the Flux set {made['flux_seconds']} s): {made['files']}")
     yield base
     shutil.rmtree(base / "models", ignore_errors=True)
 

@@ -15,6 +15,12 @@ Weights are stored in fp16, as released checkpoints are. Key layouts: ldm (UNet,
 ComfyUI's own ldm-derived modules name them), Hugging Face ``CLIPTextModel``/``CLIPVisionModelWithProjection``
 (as SD1.5 checkpoints and CLIP-vision releases store them), IP-Adapter's ``image_proj``/``ip_adapter``
 groups (flat keys in .safetensors, nested dicts in .bin) and CSGO's ``style_image_proj``.
+
+Flux.1: ComfyUI reads only the block counts of a Flux file (width 3072, 4096-d text, 24 heads are fixed), so the
+stand-in keeps one double and one single block (0.55 G parameters instead of 12 G) in the released unprefixed
+layout, with a 16-channel ldm VAE (``ae``, no quant convs), Redux at its one size and SigLIP so400m/384 (fixed
+by its 27 layers and 729 positions) in the Hugging Face layout. The T5-XXL text encoder (4.7 G, fixed) has no
+stand-in: the test swaps it for ``tests/comfyui/standin_nodes`` (see ``test_server.py``).
 """
 
 from __future__ import annotations
@@ -35,12 +41,14 @@ from safetensors.torch import save_file  # noqa: E402
 import comfy.model_detection  # noqa: E402
 import comfy.ops  # noqa: E402
 from comfy.cldm.cldm import ControlNet  # noqa: E402
-from comfy.ldm.models.autoencoder import AutoencoderKL  # noqa: E402
+from comfy.ldm.flux.model import Flux  # noqa: E402
+from comfy.ldm.flux.redux import ReduxImageEncoder  # noqa: E402
+from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TESTS))
-from builders import TINY_EMBED_DIM, build_tiny_siglip, tiny_config, trained_like  # noqa: E402
+from builders import TINY_EMBED_DIM, build_tiny_siglip, pan_zoom_clip, tiny_config, trained_like  # noqa: E402
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba, save_checkpoint  # noqa: E402
 from comfyui_stylemamba.stylemamba.config import DEFAULT_TEXT_ENCODER  # noqa: E402
@@ -56,14 +64,26 @@ UNET = dict(
 )
 SD_VAE = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch=3, ch=128, ch_mult=[1, 2, 4, 4],
               num_res_blocks=2, attn_resolutions=[], dropout=0.0)
+#: What comfy/model_detection.py fixes for any Flux.1 file; only the block counts (and guidance_in: dev) come from it.
+FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
+            mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
+            patch_size=2, qkv_bias=True, guidance_embed=True)
+#: comfy/clip_vision_siglip_384.json, the SigLIP so400m that Flux Redux reads.
+SIGLIP_384 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14,
+                  image_size=384, hidden_act="gelu_pytorch_tanh")
 IMAGES = {"boat.jpg": "boat.jpg", "tubingen.jpeg": "tubingen.jpeg", "style.png": "flower.jpg"}
+#: comfy/sd.py's Wan 2.1 VAE config (what ComfyUI builds when it finds ``decoder.middle.0.residual.0.gamma``).
+WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                 temperal_downsample=[False, True, True], dropout=0.0)
+#: The video workflow's clip: 4·1 + 1 frames (one Wan latent frame plus one), 64×96 px, 8 fps.
+CLIP, CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = "clip.mp4", 5, (64, 96), 8
 IMAGE_SIDE = 96
 MASK = "boat_mask.png"
 POOL_SIZE = 1 << 22
 
 
 def random_weights(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.Tensor]:
-    """fp16 values with the scales a trained net has: norms 1, biases 0, weights ~ N(0, 1/fan-in).
+    """fp16 values with the scales a trained net has: norms 1 (``weight``, RMS-norm ``scale``), biases 0, weights ~ N(0, 1/fan-in).
 
     Each weight is a window of one shared pool of normal numbers (tiled where larger), scaled: drawing
     ~750 M fresh numbers would cost half a minute on two cores and tell ComfyUI nothing more.
@@ -74,7 +94,7 @@ def random_weights(shapes: dict[str, torch.Size], seed: int) -> dict[str, torch.
     for name, shape in shapes.items():
         if name.endswith("bias"):
             out[name] = torch.zeros(shape, dtype=torch.float16)
-        elif len(shape) == 1 and name.endswith("weight"):
+        elif len(shape) == 1 and name.endswith(("weight", "scale")):
             out[name] = torch.ones(shape, dtype=torch.float16)
         else:
             count, fan_in = math.prod(shape), math.prod(shape[1:]) if len(shape) > 1 else shape[-1]
@@ -116,6 +136,75 @@ def clip_vision_shapes() -> dict[str, torch.Size]:
 
 def controlnet_shapes() -> dict[str, torch.Size]:
     return shapes_of(lambda: ControlNet(hint_channels=3, **UNET, operations=comfy.ops.manual_cast), "control_model.")
+
+
+def flux_shapes() -> dict[str, torch.Size]:
+    return shapes_of(lambda: Flux(**FLUX, operations=comfy.ops.manual_cast))
+
+
+def flux_vae_shapes() -> dict[str, torch.Size]:
+    """Flux's ``ae``: the ldm encoder/decoder with 16 latent channels and no quant convs (ComfyUI's AutoencodingEngine)."""
+    ddconfig = {**SD_VAE, "z_channels": 16}
+    regularizer = {"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"}
+    return shapes_of(lambda: AutoencodingEngine(
+        regularizer_config=regularizer,
+        encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
+        decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig}))
+
+
+def siglip_shapes() -> dict[str, torch.Size]:
+    """``SiglipVisionModel`` keys under ``vision_model.``, as released files store them (some transformers drop it)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    shapes = shapes_of(lambda: SiglipVisionModel(SiglipVisionConfig(**SIGLIP_384)))
+    return {"vision_model." + name.removeprefix("vision_model."): shape for name, shape in shapes.items()}
+
+
+def write_flux(models: Path) -> dict:
+    """The Flux.1 stand-ins, what ComfyUI's detection makes of the diffusion model, and the seconds they took."""
+    start = time.perf_counter()
+    flux = random_weights(flux_shapes(), 8)
+    detected = comfy.model_detection.model_config_from_unet(flux, "")
+    return {"files": {
+        "diffusion_models": [write(models / "diffusion_models" / "flux1_standin.safetensors", flux)],
+        "style_models": [write(models / "style_models" / "flux1_redux_standin.safetensors",
+                               random_weights(shapes_of(ReduxImageEncoder), 9))],
+        "clip_vision": [write(models / "clip_vision" / "sigclip_vision_384_standin.safetensors",
+                              random_weights(siglip_shapes(), 10))],
+        "vae": [write(models / "vae" / "flux_ae_standin.safetensors", random_weights(flux_vae_shapes(), 11))],
+    }, "flux_detected_as": type(detected).__name__ if detected else None,
+        "flux_parameters": sum(v.numel() for v in flux.values()), "flux_seconds": round(time.perf_counter() - start, 1)}
+
+
+def wan_vae_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Wan 2.1 VAE stand-in; its RMS-norm ``gamma`` scales are ones, as random ones would blow activations up."""
+    from comfy.ldm.wan.vae import WanVAE
+
+    weights = random_weights(shapes_of(lambda: WanVAE(**WAN21_VAE)), seed)
+    return {k: torch.ones_like(v) if k.endswith("gamma") else v for k, v in weights.items()}
+
+
+def write_clip(path: Path, photos: Path | None) -> str:
+    """A short pan-and-zoom clip over a photo (or a drawn gradient), encoded with PyAV as LoadVideo reads it."""
+    import av
+    from PIL import Image
+
+    source = Image.open(photos / "boat.jpg").convert("RGB") if photos is not None and (photos / "boat.jpg").is_file() else None
+    if source is None:
+        picture = torch.linspace(0, 1, 256).expand(3, 192, 256).clone()
+        picture[1] = picture[1].flip(-1)
+    else:
+        picture = torch.frombuffer(bytearray(source.tobytes()), dtype=torch.uint8).reshape(source.height, source.width, 3)
+        picture = picture.permute(2, 0, 1).float() / 255
+    frames = (pan_zoom_clip(picture, CLIP_FRAMES, *CLIP_SIZE) * 255).round().to(torch.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("h264", rate=CLIP_FPS)
+        stream.height, stream.width = CLIP_SIZE
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame.numpy(), format="rgb24")))
+        container.mux(stream.encode())
+    return path.name
 
 
 def standard_projection(generator: torch.Generator, tokens: int = 4) -> dict[str, torch.Tensor]:
@@ -220,9 +309,21 @@ def main(base: Path, photos: Path | None) -> dict:
     style_mamba = new_style_mamba(tiny_config(style_dim=TINY_EMBED_DIM), text_encoder=DEFAULT_TEXT_ENCODER)
     style_mamba.model = trained_like(style_mamba.config)
     files["stylemamba"] = [save_checkpoint(style_mamba, models / "stylemamba" / "van_gogh_00001.safetensors").name]
-    files["input"] = write_pictures(base / "input", photos)
+    # Video: a 16-channel (Wan 2.1) StyleMamba with its temporal mixers opened, the Wan 2.1 VAE and a clip.
+    video_mamba = new_style_mamba(tiny_config(latent_channels=16, style_dim=TINY_EMBED_DIM), text_encoder=DEFAULT_TEXT_ENCODER)
+    video_mamba.model = trained_like(video_mamba.config)
+    with torch.no_grad():
+        for mixer in video_mamba.model.temporal:
+            mixer.out_proj.weight.normal_(std=0.2, generator=generator)
+    files["stylemamba"].append(save_checkpoint(video_mamba, models / "stylemamba" / "wan_video_style_00001.safetensors").name)
+    files["vae"].append(write(models / "vae" / "wan_2.1_vae_standin.safetensors", wan_vae_weights(7)))
+    files["input"] = [*write_pictures(base / "input", photos), write_clip(base / "input" / CLIP, photos)]
+    flux = write_flux(models)
+    for folder, names in flux.pop("files").items():
+        files.setdefault(folder, []).extend(names)
     return {"files": files, "sd15_detected_as": type(detected).__name__ if detected else None,
-            "unet_parameters": sum(math.prod(s) for s in unet.values()), "seconds": round(time.perf_counter() - start, 1)}
+            "unet_parameters": sum(math.prod(s) for s in unet.values()), **flux,
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 if __name__ == "__main__":
