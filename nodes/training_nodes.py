@@ -22,7 +22,7 @@ from ..stylemamba.encoders import load_image_encoder, load_text_encoder
 from ..stylemamba.images import fit_resolution, to_pil
 from ..stylemamba.training.fit import FitResult, FitSettings, fit_model
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
-from ..stylemamba.training.losses import LossWeights
+from ..stylemamba.training.losses import LossWeights, video_weights
 from ..stylemamba.training.reference_styles import fit_target_style
 from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19
@@ -125,6 +125,7 @@ class TrainStyleMamba:
                 "style_images": ("IMAGE", {"tooltip": "Style reference image(s), any size (transparency counts as white). With them style_text may be empty; with both, the model learns their equal-weight mix."}),
                 "style_statistics_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e7, "step": 100.0, "tooltip": "Weight of the VGG-19 mean/std (AdaIN) statistics loss on relu1_1..relu4_1 of the style images; 0 = off. Needs style_images and vgg_weights."}),
                 "vgg_weights": ([NO_VGG, *comfy_bridge.list_model_files("vgg")], {"tooltip": "torchvision VGG-19 state dict in models/vgg, for the style-statistics loss."}),
+                "video": ("BOOLEAN", {"default": False, "tooltip": "Treat the images as the frames of one clip (at least 3, in order): the temporal layers train and the temporal masked, second-order and consistency losses keep the style steady across frames. Each step decodes 4 latent frames."}),
             },
         }
 
@@ -132,7 +133,7 @@ class TrainStyleMamba:
         self, vae, images: torch.Tensor, style_text: str, source_text: str, iterations: int, learning_rate: float,
         seed: int, training_decoder: str, max_resolution: int, style_mamba: StyleMamba | None = None,
         text_encoder: str = FROM_MODEL, style_images: torch.Tensor | None = None, style_statistics_weight: float = 0.0,
-        vgg_weights: str = NO_VGG,
+        vgg_weights: str = NO_VGG, video: bool = False,
     ) -> dict:
         if not style_text.strip() and style_images is None:
             raise ValueError(
@@ -146,10 +147,11 @@ class TrainStyleMamba:
             )
         encoder_name = text_encoder if text_encoder != FROM_MODEL else (style_mamba.text_encoder if style_mamba else DEFAULT_TEXT_ENCODER)
         device = comfy_bridge.compute_device()
+        weights = LossWeights(style_statistics=style_statistics_weight)
         settings = FitSettings(
             iterations=iterations, lr=learning_rate, seed=seed,
             train_decoder="vae" if training_decoder == FULL_VAE else training_decoder,
-            weights=LossWeights(style_statistics=style_statistics_weight),
+            weights=video_weights(weights) if video else weights, video=video,
         )
         references = [] if style_images is None else [channels_first(style_images, "TrainStyleMamba: style_images")]
         with torch.inference_mode(False), torch.enable_grad():

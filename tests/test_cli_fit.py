@@ -75,3 +75,29 @@ def test_help_lists_the_fit_options(capsys):
         main(["fit", "--help"])
     text = capsys.readouterr().out
     assert "--train-decoder" in text and "--iterations" in text and "stabilityai/sd-vae-ft-mse" in text
+
+
+def test_fit_video_reads_a_folder_of_frames_as_one_clip(tmp_path, content, tiny_vae, tiny_siglip, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    picture = load_image(content)
+    for index in (2, 0, 1):  # written out of order: the folder is read sorted by name
+        save_image(picture.roll(index, dims=-1), frames / f"frame_{index:03d}.png")
+    output = tmp_path / "video.safetensors"
+    assert main(fit_args(frames, tiny_vae, tiny_siglip, output, "--video", "--frames-per-step", "2")) == 0
+    training = json.loads(read_metadata(output)["training"])
+    assert training["content_files"] == ["frame_000.png", "frame_001.png", "frame_002.png"] and training["latent_frames"] == 3
+    assert training["settings"]["video"] is True and training["settings"]["frames_per_step"] == 2
+    assert training["settings"]["weights"]["temporal_second_order"] == 150.0
+
+    save_image(torch.rand(1, 3, 8, 20), frames / "frame_003.png")
+    assert main(fit_args(frames, tiny_vae, tiny_siglip, tmp_path / "odd.safetensors", "--video")) == 2
+    assert "--video frames must all have the size of the first, frame_000.png (16, 20) (height, width); these differ: frame_003.png (8, 20)" in capsys.readouterr().err
+    clip_file = tmp_path / "clip.mp4"
+    clip_file.write_bytes(b"\0")
+    assert main(fit_args(clip_file, tiny_vae, tiny_siglip, tmp_path / "mp4.safetensors", "--video")) == 2
+    assert "--video reads frames, not video files (clip.mp4): PyAV is not a dependency" in capsys.readouterr().err
+    assert main(fit_args(frames, tiny_vae, tiny_siglip, tmp_path / "dir.safetensors")) == 2
+    assert "is a folder: name the image files, or pass --video" in capsys.readouterr().err
+    assert main(fit_args(content, tiny_vae, tiny_siglip, tmp_path / "one.safetensors", "--video")) == 2
+    assert "a video fit needs at least 3 latent frames" in capsys.readouterr().err

@@ -11,10 +11,10 @@ import torch
 
 from comfyui_stylemamba.nodes import comfy_bridge, training_nodes
 from comfyui_stylemamba.nodes.training_nodes import FULL_VAE, SaveStyleMamba, TrainStyleMamba, preview_image
-from comfyui_stylemamba.stylemamba.checkpoint import load_checkpoint, new_style_mamba, read_metadata
+from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba, load_checkpoint, new_style_mamba, read_metadata
 from comfyui_stylemamba.stylemamba.training.taesd import build_decoder
 
-from builders import tiny_config
+from builders import tiny_config, trained_like
 
 
 class FirstStage(torch.nn.Module):
@@ -186,6 +186,22 @@ def test_tiny_autoencoder_decoder_choice(comfy_vae, inputs, tmp_path, monkeypatc
     assert torch.count_nonzero(fitted.model.head.weight) > 0
     with pytest.raises(ValueError, match="taesd3_decoder.pth decodes 16-channel latents .taesd3. but the VAE makes 4-channel"):
         train(comfy_vae, inputs, training_decoder="taesd3_decoder.pth")
+
+
+def test_video_treats_the_image_batch_as_one_clip_and_trains_the_temporal_layers(comfy_vae, inputs):
+    kind, options = TrainStyleMamba.INPUT_TYPES()["optional"]["video"]
+    assert kind == "BOOLEAN" and options["default"] is False  # optional and off: saved workflows fit images as before
+    with torch.inference_mode():
+        frames = torch.cat([inputs["images"].roll(shift, dims=2) for shift in range(4)])
+        start = StyleMamba(model=trained_like(tiny_config(style_dim=32, depth=1)), text_encoder=inputs["start"].text_encoder)
+    fitted = train(comfy_vae, inputs, images=frames, video=True, style_mamba=start)
+    assert fitted.training["latent_frames"] == 4 and fitted.training["settings"]["video"] is True
+    weights = fitted.training["settings"]["weights"]
+    assert (weights["masked"], weights["temporal_masked"], weights["temporal_consistency"]) == (0.0, 500.0, 150.0)
+    assert torch.count_nonzero(fitted.model.temporal[0].out_proj.weight) > 0
+    assert torch.count_nonzero(train(comfy_vae, inputs, style_mamba=start).model.temporal[0].out_proj.weight) == 0
+    with pytest.raises(ValueError, match="a video fit needs at least 3 latent frames .* the 1 frame"):
+        train(comfy_vae, inputs, video=True)
 
 
 def test_empty_style_text_is_refused(comfy_vae, inputs):

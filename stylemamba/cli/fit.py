@@ -16,8 +16,8 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import DEFAULT_TEXT_ENCODER
 from ..encoders import ImageEncoder, TextEncoder
 from ..training.fit import CONTENT_LOSSES, FitResult, FitSettings, fit_model
-from ..images import load_image, resize
-from ..training.losses import STYLE_STATISTICS, LossWeights
+from ..images import IMAGE_SUFFIXES, list_images, load_image, resize
+from ..training.losses import STYLE_STATISTICS, LossWeights, video_weights
 from ..training.reference_styles import fit_target_style
 from .styles import load_reference
 from ..style import DEFAULT_SOURCE_TEXT, encode_text_style
@@ -47,7 +47,20 @@ def add_fit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", type=Path, help="content image file(s) to fit on")
+    parser.add_argument(
+        "images", nargs="+", type=Path,
+        help="content image file(s) to fit on; with --video the frames of one clip in order, or a folder of them (sorted by name)",
+    )
+    parser.add_argument(
+        "--video", action="store_true",
+        help="fit on a video: the images are one clip's frames (at least 3); the temporal layers train with the temporal "
+        "masked, second-order and consistency losses. Video files are not read (PyAV is not a dependency): extract the "
+        "frames first, e.g. ffmpeg -i clip.mp4 frames/%%05d.png",
+    )
+    parser.add_argument(
+        "--frames-per-step", type=int, default=FitSettings.frames_per_step,
+        help="with --video, latent frames decoded per step for the image losses; bounds the decoder's memory (default: %(default)s)",
+    )
     parser.add_argument("--style", help='style text, e.g. "an oil painting by Van Gogh" (and/or --style-image)')
     parser.add_argument(
         "--style-image", type=Path, action="append", default=[], metavar="PATH",
@@ -86,15 +99,48 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
     if style_stats_weight > 0 and args.vgg_weights is None:
         raise ValueError("--style-stats-weight needs --vgg-weights (a torchvision VGG-19 state dict file)")
     decoder = args.train_decoder if args.train_decoder == "vae" else Path(args.train_decoder).name
+    video = getattr(args, "video", False)  # ``stylize`` fits on images only
+    weights = LossWeights(style_statistics=style_stats_weight)
     return FitSettings(
         iterations=args.iterations, lr=args.lr, seed=args.seed, content_loss=args.content_loss, train_decoder=decoder,
-        weights=LossWeights(style_statistics=style_stats_weight), style_statistics=getattr(args, "style_stats", "mean_std"),
+        weights=video_weights(weights) if video else weights, style_statistics=getattr(args, "style_stats", "mean_std"),
+        video=video, frames_per_step=getattr(args, "frames_per_step", FitSettings.frames_per_step),
     )
 
 
-def load_content(paths: list[Path]) -> torch.Tensor:
-    """All images as one batch at the size of the first (the fit then scales the batch to --max-resolution)."""
+def content_files(paths: list[Path], video: bool) -> list[Path]:
+    """The content images; with ``video`` a folder stands for its frames and a video file is refused by name."""
+    files = []
+    for path in paths:
+        if not path.exists():
+            raise FileNotFoundError(f"image not found: {path}")
+        if video and path.is_dir():
+            files += list_images(path)
+        elif video and path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(
+                f"--video reads frames, not video files ({path.name}): PyAV is not a dependency. Extract the frames "
+                f"(ffmpeg -i {path.name} frames/%05d.png) and pass the folder"
+            )
+        elif path.is_dir():
+            raise ValueError(f"{path} is a folder: name the image files, or pass --video to read it as a clip's frames")
+        else:
+            files.append(path)
+    return files
+
+
+def load_content(paths: list[Path], video: bool = False) -> torch.Tensor:
+    """All images as one batch at the size of the first (the fit then scales the batch to --max-resolution).
+
+    A clip's frames are never resized to fit each other: a frame of another size is not part of the clip.
+    """
     images = [load_image(path) for path in paths]
+    if video:
+        odd = [f"{path.name} {tuple(image.shape[-2:])}" for path, image in zip(paths, images) if image.shape[-2:] != images[0].shape[-2:]]
+        if odd:
+            raise ValueError(
+                f"--video frames must all have the size of the first, {paths[0].name} {tuple(images[0].shape[-2:])} (height, width); "
+                f"these differ: {', '.join(odd)}"
+            )
     return torch.cat([resize(image, images[0].shape[-2:]) for image in images]).clamp(0, 1)
 
 
@@ -111,7 +157,8 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE, style_images: li
     style_images = style_images or []
     settings = settings_from_args(args)
     device = args.device
-    content = load_content(args.images)
+    files = content_files(args.images, settings.video)
+    content = load_content(files, settings.video)
     decode = training_decoder(args, vae)
     text_style = None
     if args.style is not None:
@@ -132,7 +179,7 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE, style_images: li
         return False
 
     try:
-        record = dict(source_text=args.source, vae=args.vae, content_files=[p.name for p in args.images])
+        record = dict(source_text=args.source, vae=args.vae, content_files=[p.name for p in files])
         if style_images:
             record["style_images"] = [p.name for p in args.style_image]
         return fit_model(
@@ -148,9 +195,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"-o must name a .safetensors checkpoint, got {args.output}")
     if args.output.exists() and not args.overwrite:
         raise FileExistsError(f"{args.output} already exists; pass --overwrite to replace it")
-    for image in args.images:
-        if not image.is_file():
-            raise FileNotFoundError(f"image not found: {image}")
+    content_files(args.images, getattr(args, "video", False))
     if args.style is None and not args.style_image:
         raise ValueError("no style given: pass --style TEXT and/or --style-image PATH")
     if args.style is not None and not args.style.strip():

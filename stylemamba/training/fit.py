@@ -20,6 +20,8 @@ from ..config import config_for_encoder
 from ..encoders import ImageEncoder
 from ..image_style import siglip_rgb
 from ..images import fit_resolution
+from ..temporal import TemporalContext
+from ..video_latents import VideoInputError
 from .losses import (
     STYLE_STATISTICS,
     LossWeights,
@@ -32,6 +34,7 @@ from .losses import (
     weighted_loss,
 )
 from ..style import StyleEmbedding
+from .video_fit import VideoClip, as_video, encode_clip
 
 CONTENT_LOSSES = ("latent", "siglip", "vgg")
 
@@ -52,6 +55,10 @@ class FitSettings:
     ``fit_style`` (CLIPstyler's choice, weights supplied by the user). ``style_statistics`` is the kind
     of VGG statistics (AdaIN's ``mean_std`` or Gatys's ``gram``) the style-statistics term matches when
     ``weights.style_statistics`` > 0, which needs style images and ``vgg`` too.
+
+    ``video`` reads the content as the frames of one clip: the temporal mixers train, and each step decodes
+    a random run of ``frames_per_step`` latent frames (4: enough consecutive frames for the temporal masked
+    term, few enough that decoding stays cheap on any clip length). Pair it with ``losses.video_weights``.
     """
 
     iterations: int = 40
@@ -63,6 +70,8 @@ class FitSettings:
     preview_every: int = 10
     train_decoder: str = "vae"  # recorded only: which decoder the caller passed
     style_statistics: str = "mean_std"
+    video: bool = False
+    frames_per_step: int = 4
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -73,6 +82,8 @@ class FitSettings:
             raise ValueError(f"lr_halving_steps must be at least 1, got {self.lr_halving_steps}")
         if self.content_loss not in CONTENT_LOSSES:
             raise ValueError(f"content_loss must be one of {', '.join(CONTENT_LOSSES)}, got {self.content_loss!r}")
+        if self.frames_per_step < 1:
+            raise ValueError(f"frames_per_step must be at least 1, got {self.frames_per_step}")
         if self.preview_every < 1:
             raise ValueError(f"preview_every must be at least 1, got {self.preview_every}")
         if self.style_statistics not in STYLE_STATISTICS:
@@ -126,23 +137,33 @@ class StyleObjective:
                 raise ValueError(
                     "the style-statistics loss needs style images and VGG-19 weights; give both, or set its weight to 0"
                 )
-            rgb = [siglip_rgb(batch, "style images").to(reference.device) for batch in style_images]
+            rgb = [siglip_rgb(batch, "style images").to(content_latents.device) for batch in style_images]
             self.style_target = style_statistics_target(vgg, rgb, settings.style_statistics)
-        self.content_latents, self.reference = content_latents, reference
-        self.direction = style.direction.to(reference.device)
+        self.content_latents = content_latents
+        self.direction = style.direction.to(content_latents.device)
         self.second_order = SecondOrderDirectionalLoss(self.weights.second_order)
-        needs_features = any(getattr(self.weights, name) > 0 for name in ("directional", "patch", "second_order"))
-        needs_encoder = needs_features or self.weights.masked > 0 or (settings.content_loss == "siglip" and self.weights.content > 0)
+        self.needs_features = any(getattr(self.weights, name) > 0 for name in ("directional", "patch", "second_order"))
+        masked = self.weights.masked > 0 or self.weights.temporal_masked > 0
+        needs_encoder = self.needs_features or masked or (settings.content_loss == "siglip" and self.weights.content > 0)
         if needs_encoder and image_encoder is None:
             raise ValueError("the directional, patch and SigLIP content losses need a SigLIP image encoder; none was given")
-        with torch.no_grad():
-            self.reference_features = image_encoder.encode(reference) if needs_features else None
+        self.use_reference(reference)
 
-    def __call__(self, latents: torch.Tensor, images: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def use_reference(self, reference: torch.Tensor) -> None:
+        """The decoded content the styled images are compared with (a video fit's changes with its window)."""
+        self.reference = reference
+        self.reference_features = self.image_encoder.encode(reference) if self.needs_features else None
+
+    def __call__(
+        self, latents: torch.Tensor, images: torch.Tensor, generator: torch.Generator,
+        video: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
         return weighted_loss(
             self.weights, self.image_encoder, images, self.reference, self.reference_features, self.direction,
             lambda: self.content_term(latents, images), generator, self.second_order,
             lambda: style_statistics_loss(self.vgg, images, self.style_target, self.settings.style_statistics),
+            video=video,
         )
 
     def content_term(self, latents: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -167,7 +188,7 @@ def fit_style(
     device: torch.device | str = "cpu",
     style_images: Sequence[torch.Tensor] = (),
 ) -> FitResult:
-    """Fit a copy of ``style_mamba`` to ``style`` on ``content`` (b, 3, H, W in [0, 1]).
+    """Fit a copy of ``style_mamba`` to ``style`` on ``content`` (b, 3, H, W in [0, 1]; frames of one clip with ``settings.video``).
 
     ``style_images`` (batches (n, 1/3/4, h, w) in [0, 1], any size) feed the style-statistics term only;
     an image style's direction is already in ``style`` (``reference_styles.fit_target_style``).
@@ -176,18 +197,28 @@ def fit_style(
     ``decode`` must be differentiable and return images in [0, 1]. The input model is not
     changed (ComfyUI may reuse it); the result holds the lowest-loss weights seen, which is
     also what an early stop returns. Same seed, inputs and device → same result.
+    A video fit runs the model across all frames with the temporal mixers (``video_fit``); an image fit
+    leaves them untouched, as images never reach them.
     """
     settings = settings or FitSettings()
     if content.dim() != 4 or content.shape[1] != 3:
-        raise ValueError(f"content images must be (batch, 3, height, width) in [0, 1], got {tuple(content.shape)}")
+        kind = "video frames must be (frames, 3, height, width)" if settings.video else "content images must be (batch, 3, height, width)"
+        raise ValueError(f"{kind} in [0, 1], got {tuple(content.shape)}")
     start = time.perf_counter()
     model = copy.deepcopy(style_mamba.model).to(device).float().train().requires_grad_(True)
+    model.temporal.requires_grad_(settings.video)
     generator = torch.Generator().manual_seed(settings.seed)
     condition = style.target.to(device)
+    clip = None
     with torch.no_grad():
-        content_latents = encode(content.to(device)).float()
+        if settings.video:
+            clip = encode_clip(encode, content.to(device))
+            check_clip_length(clip, content.shape[0], settings)
+            content_latents = clip.flat
+        else:
+            content_latents = encode(content.to(device)).float()
         style_mamba.model.check_latent_channels(content_latents.shape[1])
-        reference = decode(content_latents).float()
+        reference = decode(content_latents).float() if clip is None else clip.decode(decode, clip.latents, slice(0, 1)).float()
     objective = StyleObjective(image_encoder, style, content_latents, reference, settings, vgg, style_images)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.StepLR(optimizer, step_size=settings.lr_halving_steps, gamma=0.5)
@@ -195,9 +226,16 @@ def fit_style(
     history: list[dict[str, float]] = []
     best_state, best_loss, best_step, stopped = None, math.inf, -1, False
     for step in range(settings.iterations):
-        latents = model(content_latents, condition)
-        images = decode(latents)
-        terms = objective(latents, images, generator)
+        if clip is None:
+            latents = model(content_latents, condition)
+            images = decode(latents)
+            terms = objective(latents, images, generator)
+        else:
+            window = clip.window(settings.frames_per_step, generator)
+            objective.use_reference(clip.decode(decode, clip.latents, window).float())
+            latents = model(content_latents, condition, temporal=TemporalContext(frames=clip.frames))
+            images = clip.decode(decode, as_video(latents), window)
+            terms = objective(latents, images, generator, video=(as_video(latents), clip.latents))
         loss = terms["total"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"fit diverged at step {step} (loss {loss.item()}); lower the learning rate")
@@ -222,6 +260,7 @@ def fit_style(
         "text_encoder": style.encoder,
         "content_images": content.shape[0],
         "content_size": list(content.shape[-2:]),
+        **({"latent_frames": clip.frames} if clip is not None else {}),
         "settings": settings.record(),
         "steps_run": len(history),
         "best_step": best_step,
@@ -230,6 +269,16 @@ def fit_style(
     }
     fitted = StyleMamba(model=model, text_encoder=style_mamba.text_encoder, training=training, source="fit")
     return FitResult(fitted, history, best_step, best_loss, stopped, time.perf_counter() - start)
+
+
+def check_clip_length(clip: VideoClip, video_frames: int, settings: FitSettings) -> None:
+    """A clip too short for the temporal terms is an error, not a silent image fit: a 1-frame video has no motion to learn."""
+    needed = 3 if settings.weights.temporal_second_order > 0 else 2
+    if clip.frames < needed:
+        raise VideoInputError(
+            f"a video fit needs at least {needed} latent frames{' (the temporal second-order term compares 3)' if needed == 3 else ''}; "
+            f"the {video_frames} frame(s) given encode to {clip.frames}: give more frames of the clip, or fit them as images (video off)"
+        )
 
 
 def fit_model(
@@ -252,7 +301,7 @@ def fit_model(
 ) -> FitResult:
     """The fit as TrainStyleMamba and the ``fit`` / ``stylize`` commands set it up: one path, one record.
 
-    ``content`` (b, 3, H, W) in [0, 1] is fitted at ``fit_resolution(max_resolution, multiple)``;
+    ``content`` (b, 3, H, W) in [0, 1], a clip's frames with ``settings.video``, is fitted at ``fit_resolution(max_resolution, multiple)``;
     ``start`` is fine-tuned, else a new model is made by ``config_for_encoder`` for the style's
     SigLIP (``style.encoder`` must be loadable) and the VAE's ``latent_channels``. The fitted model
     reads styles from ``text_encoder`` (the id as the user named it) and its training record holds

@@ -7,6 +7,7 @@ CLIPstyler's published settings (Kwon & Ye, CVPR 2022) where the StyleMamba pape
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from ..images import resize
 from ..model import latent_statistics
+from .temporal import temporal_consistency_loss, temporal_second_order_loss
 
 if TYPE_CHECKING:
     from ..encoders import ImageEncoder
@@ -29,6 +31,14 @@ CAST_TEMPERATURE = 0.07
 #: ``VGG19Features`` names each activation after the conv it follows.
 STYLE_LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1")
 STYLE_STATISTICS = ("mean_std", "gram")
+
+#: The LossWeights fields of a video fit's temporal terms (0 for images).
+TEMPORAL_TERMS = ("temporal_masked", "temporal_second_order", "temporal_consistency")
+
+#: Video-fit weight of the two latent temporal terms: like the latent content term (150) each is a ratio of
+#: squared latent changes, so a styled clip that strays from the content's motion by 10 % costs ≈ 1.5, and the
+#: same weight acts alike on every VAE's latent scale.
+VIDEO_TEMPORAL_WEIGHT = 150.0
 
 
 @dataclass
@@ -50,6 +60,11 @@ class LossWeights:
     style images (``style_statistics_loss``, needs style images and VGG weights) and ``contrastive``
     CAST's InfoNCE over a multi-style batch (``contrastive_style_loss``) at ``contrastive_temperature``
     0.07, CAST's released setting.
+
+    Three video terms are 0 for images; ``video_weights`` switches them on for a video fit. ``temporal_masked``
+    is the masked directional loss with one mask for all frames of the decoded window (StyleMamba-video's
+    temporal masked directional loss), ``temporal_second_order`` and ``temporal_consistency`` the flow-free
+    latent terms of ``training.temporal`` over the whole clip.
     """
 
     directional: float = 500.0
@@ -67,13 +82,16 @@ class LossWeights:
     style_statistics: float = 0.0
     contrastive: float = 0.0
     contrastive_temperature: float = CAST_TEMPERATURE
+    temporal_masked: float = 0.0
+    temporal_second_order: float = 0.0
+    temporal_consistency: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.contrastive_temperature > 0:
             raise ValueError(f"LossWeights.contrastive_temperature must be positive, got {self.contrastive_temperature}")
         for name in (
             "directional", "patch", "content", "tv", "masked", "second_order", "threshold", "distortion",
-            "style_statistics", "contrastive",
+            "style_statistics", "contrastive", *TEMPORAL_TERMS,
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossWeights.{name} must be non-negative, got {getattr(self, name)}")
@@ -84,6 +102,15 @@ class LossWeights:
             raise ValueError(f"LossWeights.mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.distortion > 1.0:
             raise ValueError(f"LossWeights.distortion must be at most 1 (corners would cross), got {self.distortion}")
+
+
+def video_weights(weights: LossWeights) -> LossWeights:
+    """A video fit's weights: the per-frame masked term becomes its one-mask-for-all-frames form (same weight,
+    same 1 − cos quantity; running both would double the SigLIP cost) and the latent temporal terms are on."""
+    return dataclasses.replace(
+        weights, masked=0.0, temporal_masked=weights.masked,
+        temporal_second_order=VIDEO_TEMPORAL_WEIGHT, temporal_consistency=VIDEO_TEMPORAL_WEIGHT,
+    )
 
 
 def directional_loss(styled_features: torch.Tensor, content_features: torch.Tensor, text_direction: torch.Tensor) -> torch.Tensor:
@@ -126,17 +153,21 @@ def masked_directional_loss(
     patch_size: int = 16,
     generator: torch.Generator | None = None,
     fill: float = 0.5,
+    same_mask: bool = False,
 ) -> torch.Tensor:
     """L_mdir = L_dir(E(m ⊙ I_s + (1−m)·fill), E(m ⊙ I_c + (1−m)·fill), Δt) with one random patch mask m.
 
     Both images get the same mask, so the loss still measures only the style change, but from
     a random subset of regions: no single region can satisfy the text on its own. Images are
     (b, 3, H, W) in [0, 1]; the default fill 0.5 is SigLIP's normalisation mean, i.e. input 0.
+    ``same_mask`` gives every image of the batch one mask: on consecutive video frames it is the temporal
+    masked directional loss, a region hidden in all frames at once (as under an occlusion) must still follow Δt.
     """
     if styled.shape != content.shape:
         raise ValueError(f"styled {tuple(styled.shape)} and content {tuple(content.shape)} images differ in shape")
     batch, _, height, width = styled.shape
-    keep = random_patch_mask(batch, height, width, mask_ratio, patch_size, generator, styled.device).to(styled.dtype)
+    masks = 1 if same_mask else batch
+    keep = random_patch_mask(masks, height, width, mask_ratio, patch_size, generator, styled.device).to(styled.dtype)
     styled_features = image_encoder.encode(styled * keep + fill * (1 - keep))
     content_features = image_encoder.encode(content * keep + fill * (1 - keep))
     return directional_loss(styled_features, content_features, text_direction)
@@ -451,6 +482,7 @@ def weighted_loss(
     second_order: SecondOrderDirectionalLoss | None = None,
     style_statistics: Callable[[], torch.Tensor] | None = None,
     style_labels: torch.Tensor | None = None,
+    video: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The weighted terms of one step and their ``total``; a term whose weight is 0 is never computed.
 
@@ -461,8 +493,13 @@ def weighted_loss(
     choice (latent, SigLIP, VGG or pixel); the second-order term runs when ``second_order`` is given.
     ``style_statistics()`` returns the unweighted VGG style-statistics term and ``style_labels`` (b,) name
     each image's style for the contrastive term; each is required only when its weight is above 0.
+    ``video`` (styled, content) latents (b, C, T, H, W) of a video fit, whose decoded window of consecutive
+    frames ``images`` are, is what the temporal terms need.
     """
     terms: dict[str, torch.Tensor] = {}
+    temporal = [name for name in TEMPORAL_TERMS if getattr(weights, name) > 0]
+    if temporal and video is None:
+        raise ValueError(f"the temporal losses ({', '.join(temporal)}) need a video fit; set their weights to 0 for images")
     use_second_order = second_order is not None and weights.second_order > 0
     if weights.style_statistics > 0 and style_statistics is None:
         raise ValueError("the style-statistics loss needs style images and VGG-19 weights; set its weight to 0 without them")
@@ -484,6 +521,15 @@ def weighted_loss(
         terms["masked"] = weights.masked * masked_directional_loss(
             image_encoder, images, references, directions, weights.mask_ratio, weights.mask_patch_size, generator
         )
+    if weights.temporal_masked > 0:
+        terms["temporal_masked"] = weights.temporal_masked * masked_directional_loss(
+            image_encoder, images, references, directions, weights.mask_ratio, weights.mask_patch_size, generator,
+            same_mask=True,
+        )
+    if weights.temporal_second_order > 0:
+        terms["temporal_second_order"] = weights.temporal_second_order * temporal_second_order_loss(*video)
+    if weights.temporal_consistency > 0:
+        terms["temporal_consistency"] = weights.temporal_consistency * temporal_consistency_loss(*video)
     if weights.patch > 0:
         terms["patch"] = weights.patch * patch_directional_loss(
             image_encoder, images, reference_features, directions,
