@@ -13,7 +13,7 @@ from ..stylemamba.style import StyleEmbedding
 from ..stylemamba.stylize import stylize_latents
 from ..stylemamba.training.score import Score, check_strengths, pick_strength, report, score_images, strength_grid, sweep_strengths
 from . import comfy_bridge
-from .style_mix_nodes import channels_first
+from .image_sockets import channels_first
 from .stylemamba_nodes import CATEGORY
 from .widgets import parse_numbers
 

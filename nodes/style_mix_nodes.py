@@ -9,23 +9,13 @@ from ..stylemamba.encoders import load_image_encoder, load_text_encoder
 from ..stylemamba.image_style import encode_reference_style, image_embedding
 from ..stylemamba import mixing
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding
-from ..stylemamba.stylize import check_finite
 from . import comfy_bridge
+from .image_sockets import channels_first
 from .stylemamba_nodes import CATEGORY
 from .widgets import parse_numbers
 
 #: StyleMix's style slots.
 MIX_SLOTS = 4
-
-
-def channels_first(images: torch.Tensor, name: str) -> torch.Tensor:
-    """ComfyUI IMAGE (b, H, W, C) → (b, C, H, W), alpha kept, refusing empty and non-finite batches."""
-    if images.dim() != 4:
-        raise ValueError(f"{name} must be an IMAGE batch (batch, height, width, channels), got shape {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch: give at least one image")
-    check_finite(name, images)
-    return images.movedim(-1, 1).float()
 
 
 class ImageStyleEncode:

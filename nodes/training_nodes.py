@@ -27,7 +27,7 @@ from ..stylemamba.training.reference_styles import fit_target_style
 from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19
 from . import comfy_bridge
-from .style_mix_nodes import channels_first
+from .image_sockets import channels_first, rgb_batch
 
 CATEGORY = "style_transfer/StyleMamba"
 FULL_VAE = "full VAE"
@@ -51,13 +51,6 @@ def trainable(module: torch.nn.Module) -> torch.nn.Module:
     if any(t.is_inference() for t in [*module.parameters(), *module.buffers()]):
         return copy.deepcopy(module)  # deepcopy clones; outside inference mode the clones are normal tensors
     return module
-
-
-def comfy_image_batch(images: torch.Tensor) -> torch.Tensor:
-    """ComfyUI IMAGE (b, H, W, C) → (b, 3, H, W) in [0, 1], a normal (non-inference) tensor."""
-    if images.dim() != 4 or images.shape[-1] not in (3, 4):
-        raise ValueError(f"TrainStyleMamba: images must be an IMAGE batch (b, H, W, 3), got shape {tuple(images.shape)}")
-    return images[..., :3].movedim(-1, 1).float().clone()
 
 
 class ComfyVAECodec:
@@ -198,7 +191,7 @@ class TrainStyleMamba:
             text_style = StyleEmbedding(text_style.target.clone(), text_style.source.clone(), text_style.description, text_style.encoder)
         cached = load_image_encoder(resolved)
         image_encoder = dataclasses.replace(cached, model=trainable(cached.model))
-        content = comfy_image_batch(images)
+        content = rgb_batch(images, "TrainStyleMamba: images")
         comfy_bridge.load_model(image_encoder, image_encoder.model, "differentiable encoder")
         style = fit_target_style(text_style, image_encoder, references, content)
         ratio = getattr(vae, "downscale_ratio", 8)
