@@ -47,6 +47,47 @@ def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
 
 
+def labelled_grid(
+    rows: list[list[torch.Tensor]],
+    height: int | None = None,
+    width: int | None = None,
+    captions: list[list[str]] | None = None,
+    caption_height: int = 0,
+    header: list[str] | None = None,
+    header_height: int = 0,
+) -> torch.Tensor:
+    """Images (3, H, W) in rows on white, each row under a band for its cells' captions, under a band of column titles.
+
+    The one painter behind every grid the pack shows or writes (training samples, evaluation, strength
+    sweeps), so they are laid out alike. Cells are resized to ``height`` × ``width`` (``width`` None:
+    the aspect is kept; ``height`` None: the size is kept). Column titles sit over the first row's cells.
+    Captions are ASCII: PIL's fallback font has no other glyphs. Returns (1, 3, H, W) in [0, 1].
+    """
+    from PIL import Image, ImageDraw
+
+    def fitted(image: torch.Tensor) -> torch.Tensor:
+        image = image[None, :3].detach().float().cpu()
+        if height is None:
+            return image
+        return resize(image, (height, width or max(1, round(height * image.shape[-1] / image.shape[-2]))))
+
+    cells = [[to_pil(fitted(image)) for image in row] for row in rows]
+    canvas = Image.new("RGB", (max(sum(c.width for c in row) for row in cells),
+                               header_height + sum(caption_height + max(c.height for c in row) for row in cells)), "white")
+    draw = ImageDraw.Draw(canvas)
+    lefts = [[sum(c.width for c in row[:index]) for index in range(len(row))] for row in cells]
+    for left, title in zip(lefts[0], header or []):
+        draw.text((left + 4, 4), title, fill="black")
+    top = header_height
+    for row, row_lefts, row_captions in zip(cells, lefts, captions or [[]] * len(cells)):
+        for left, text in zip(row_lefts, row_captions):
+            draw.text((left + 4, top + 2), text, fill="black")
+        for left, picture in zip(row_lefts, row):
+            canvas.paste(picture, (left, top + caption_height))
+        top += caption_height + max(c.height for c in row)
+    return from_pil(canvas)
+
+
 def fit_resolution(images: torch.Tensor, max_side: int, multiple: int = 8) -> torch.Tensor:
     """Downscale so the longer side is at most ``max_side`` and both sides are multiples of ``multiple``.
 

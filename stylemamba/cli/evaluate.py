@@ -23,7 +23,8 @@ from ..checkpoint import StyleMamba, load_checkpoint
 from ..training.clipstyler import ClipStylerSettings, synchronize, train_clipstyler
 from ..encoders import ImageEncoder, TextEncoder
 from ..image_style import encode_reference_style
-from ..images import list_images, load_image, resize, save_image, square, to_pil
+from ..atomic import write_atomically
+from ..images import labelled_grid, list_images, load_image, save_image, square, to_pil
 from ..training.losses import vgg_content_loss
 from ..training.metrics import OpenAIClip, siglip_clip_score, ssim
 from ..training.score import style_similarity
@@ -160,23 +161,11 @@ def markdown_table(scores: list[Score]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_grid(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], path: Path, cell: int = 256) -> Path:
+def save_grid(rows: list[tuple[str, list[torch.Tensor]]], columns: list[str], path: Path, overwrite: bool, cell: int = 256) -> Path:
     """A PNG with one labelled row per (image, style) and one column per method, content first."""
-    from PIL import Image, ImageDraw
-
-    label, header = 18, 22
-    canvas = Image.new("RGB", (cell * len(columns), header + len(rows) * (label + cell)), "white")
-    draw = ImageDraw.Draw(canvas)
-    for index, name in enumerate(columns):
-        draw.text((index * cell + 4, 4), name, fill="black")
-    for row, (title, images) in enumerate(rows):
-        top = header + row * (label + cell)
-        draw.text((4, top + 2), title, fill="black")
-        for index, image in enumerate(images):
-            canvas.paste(to_pil(resize(image.cpu(), (cell, cell))), (index * cell, top + label))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    grid = labelled_grid([[image[0] for image in images] for _, images in rows], height=cell, width=cell,
+                         captions=[[title] for title, _ in rows], caption_height=18, header=columns, header_height=22)
+    return write_atomically(path, to_pil(grid).save, overwrite=overwrite)
 
 
 def check_arguments(args: argparse.Namespace) -> tuple[list[Path], list[str], dict[str, torch.Tensor]]:
@@ -191,8 +180,9 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[Path], list[str], di
         raise ValueError(f"--strength must be between 0 and 2, got {args.strength}")
     if args.output.exists() and not args.output.is_dir():
         raise NotADirectoryError(f"--output must be a folder, but {args.output} is a file")
-    if (args.output / "results.md").exists() and not args.overwrite:
-        raise FileExistsError(f"{args.output / 'results.md'} already exists; pass --overwrite or choose another folder")
+    for written in ("results.md", "grid.png"):
+        if (args.output / written).exists() and not args.overwrite:
+            raise FileExistsError(f"{args.output / written} already exists; pass --overwrite or choose another folder")
     if args.vgg_weights is not None and not args.vgg_weights.is_file():
         raise FileNotFoundError(f"--vgg-weights file not found: {args.vgg_weights}")
     prompts = read_styles(args.styles) if args.styles is not None else []
@@ -257,9 +247,9 @@ def run(args: argparse.Namespace) -> int:
     work.close()
 
     columns = ["content", STYLEMAMBA] + ([CLIPSTYLER] if args.baseline else [])
-    grid = save_grid(grid_rows, columns, args.output / "grid.png")
-    report = args.output / "results.md"
-    report.write_text(report_text(args, vae_name, encoder_name, scores), encoding="utf-8")
+    grid = save_grid(grid_rows, columns, args.output / "grid.png", args.overwrite)
+    text = report_text(args, vae_name, encoder_name, scores)
+    report = write_atomically(args.output / "results.md", lambda temp: Path(temp).write_text(text, encoding="utf-8"), args.overwrite)
     print(markdown_table(scores))
     print(f"wrote {report} and {grid}")
     return 0

@@ -15,7 +15,7 @@ import torch
 
 from ..encoders import ImageEncoder
 from ..image_style import siglip_rgb
-from ..images import from_pil, resize, to_pil
+from ..images import labelled_grid, resize
 from ..mixing import StyleMix
 from ..style import StyleEmbedding
 from .metrics import cosine_scores, ssim
@@ -107,18 +107,6 @@ def report(score: Score, description: str) -> str:
 
 def strength_grid(results: Sequence[tuple[Score, torch.Tensor]], chosen: Score | None, tile: int = 256) -> torch.Tensor:
     """The first image of each strength side by side at ``tile`` px high, each under its label; the chosen one marked."""
-    from PIL import Image, ImageDraw
-
-    label = 30
-    tiles = [to_pil(resize(images[:1, :3].cpu(), (tile, max(1, round(tile * images.shape[-1] / images.shape[-2])))))
-             for _, images in results]
-    canvas = Image.new("RGB", (sum(t.width for t in tiles), tile + label), "white")
-    draw = ImageDraw.Draw(canvas)
-    left = 0
-    for (score, _), picture in zip(results, tiles):
-        mark = "  (picked)" if score is chosen else ""
-        text = f"strength {score.strength:g}{mark}\nstyle {score.style:.3f}  SSIM {score.ssim:.3f}"  # ASCII: PIL's fallback font
-        draw.text((left + 4, 2), text, fill="black")
-        canvas.paste(picture, (left, label))
-        left += picture.width
-    return from_pil(canvas)
+    captions = [f"strength {score.strength:g}{'  (picked)' if score is chosen else ''}\nstyle {score.style:.3f}  SSIM {score.ssim:.3f}"
+                for score, _ in results]
+    return labelled_grid([[images[0] for _, images in results]], height=tile, captions=[captions], caption_height=30)

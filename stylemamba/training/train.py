@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..atomic import write_atomically
 from ..checkpoint import StyleMamba, load_checkpoint, save_checkpoint
 from ..encoders import ImageEncoder
-from ..images import to_pil
+from ..images import labelled_grid, to_pil
 from .losses import LossWeights, latent_content_loss, weighted_loss
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -182,8 +182,7 @@ def draw_loss_curve(rows: list[dict[str, float]], path: Path, size: tuple[int, i
 def draw_sample_grid(images: torch.Tensor, rows: int, path: Path) -> None:
     """(rows × cols, 3, H, W) in [0, 1] → one PNG; row = content image, column = style."""
     cols = images.shape[0] // rows
-    height, width = images.shape[-2:]
-    grid = images.view(rows, cols, 3, height, width).permute(2, 0, 3, 1, 4).reshape(3, rows * height, cols * width)
+    grid = labelled_grid([list(images[row * cols:(row + 1) * cols]) for row in range(rows)])
     write_atomically(path, to_pil(grid).save, overwrite=True)
 
 
