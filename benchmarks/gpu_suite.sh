@@ -6,7 +6,8 @@
 #
 # Steps: env (GPU, driver, torch/triton/mamba-ssm versions, `stylemamba doctor`: the compiled self-checks),
 # tests (the Triton tests compiled on the GPU, plus the other kernel tests), scan (benchmarks/scan.py at
-# grids 32/64/128, dim 512, d_state 16, K = 4, fp32 and bf16, with the copy bandwidth of the same run),
+# grids 32/64/128, dim 512, d_state 16, K = 4, fp32 and bf16, with the copy bandwidth of the same run; and
+# the temporal scan of 4-frame 32²/64² video chunks, fused Triton kernel against Triton over copies),
 # stylefuse (the whole model at 1024 px, 4×128² and 16×128² latents, bf16, with the breakdown; then the
 # non-scan parts under torch.compile with CUDA graphs), fit (512 px, SigLIP-base-sized encoder, SD-VAE-sized
 # decoder and its tiny proxy). build-mamba is not in the default list: it builds mamba-ssm from the sdist
@@ -27,10 +28,10 @@ REPEATS="${REPEATS:-20}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-300}"
 if [ "${SMOKE:-0}" = 1 ]; then
     # the interpreted Triton scan would make the compile smoke run take many minutes: compile around torch's
-    DEVICE=cpu GRIDS="8" DIM=32 SIZES=64 FIT_SIZE=64 ENCODER=tiny REPEATS=1 BATCH=1 COMPILE_BACKEND=torch
+    DEVICE=cpu GRIDS="8" TGRIDS="4" DIM=32 SIZES=64 FIT_SIZE=64 ENCODER=tiny REPEATS=1 BATCH=1 COMPILE_BACKEND=torch
     export TRITON_INTERPRET=1
 else
-    DEVICE=cuda GRIDS="32 64 128" DIM=512 SIZES=1024 FIT_SIZE=512 ENCODER=base COMPILE_BACKEND=triton
+    DEVICE=cuda GRIDS="32 64 128" TGRIDS="32 64" DIM=512 SIZES=1024 FIT_SIZE=512 ENCODER=base COMPILE_BACKEND=triton
 fi
 STEPS=("$@")
 [ ${#STEPS[@]} -eq 0 ] && STEPS=(env tests scan stylefuse fit)
@@ -89,8 +90,9 @@ print('GPU', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no
         ;;
     scan)
         for dtype in float32 bfloat16; do
-            # shellcheck disable=SC2086  # GRIDS is a list of sizes
+            # shellcheck disable=SC2086  # GRIDS and TGRIDS are lists of sizes
             run "scan-$DEVICE-$dtype" "$PYTHON" benchmarks/scan.py --device "$DEVICE" --grids-1d --grids-2d $GRIDS \
+                --grids-temporal $TGRIDS --frames 4 \
                 --dim "$DIM" --d-state 16 --directions 4 --batch "$BATCH" --dtype "$dtype" \
                 --backends torch triton mamba_ssm --warmup 3 --repeats "$REPEATS"
         done

@@ -8,6 +8,11 @@ forward's achieved bytes/s (bytes of u, Δ, B, C, z read and y written; ``--peak
 fraction of the memory-bandwidth peak). On CPU the peak memory is the resident-set growth of one call,
 allocator slack included. The slow sequential baselines get ``--baseline-repeats`` runs.
 
+``--grids-temporal`` times the scan along time (``temporal_scan``) of a (batch, dim, ``--frames``, G, G)
+video chunk from a carried initial state, as the video model runs it; where Triton runs, its fused
+temporal kernel (reading the video in place) is timed beside ``triton (copies)``, Triton's 1D kernel
+over the re-laid-out copy that the other backends use (``kernels.temporal.temporal_scan_by_copies``).
+
 The same run measures the device-to-device copy bandwidth (``torch.Tensor.copy_`` of ``--copy-mib``,
 read + write bytes per second), the practical ceiling a scan's bytes/s is shown against. Each compiled
 backend passes its self-check before it is timed (one that fails is skipped, with the check's numbers);
@@ -16,6 +21,7 @@ the check's cost is printed beside the first call and a steady call.
     python benchmarks/scan.py        # CPU default: 1D at L = 64² (the CPU target), 2D at the model's 32² grid
     python benchmarks/scan.py --device cuda --grids-1d --grids-2d 32 64 128 --dim 512 --batch 2 --dtype bfloat16
     TRITON_INTERPRET=1 python benchmarks/scan.py --grids-1d --grids-2d 8 --dim 32 --backends torch triton  # CPU smoke run
+    python benchmarks/scan.py --device cuda --grids-1d --grids-2d --grids-temporal 60 --frames 4 --dim 512  # video chunk
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from comfyui_stylemamba.kernels import BACKENDS, cross_scan_2d, resolve_backend, selective_scan, self_check
+from comfyui_stylemamba.kernels import (
+    BACKENDS, IMPLEMENTATIONS, cross_scan_2d, resolve_backend, selective_scan, self_check, temporal_scan,
+)
+from comfyui_stylemamba.kernels.temporal import temporal_scan_by_copies
+
+#: The temporal scan of Triton's 1D kernel over re-laid-out copies: what the fused temporal kernel replaces.
+TRITON_COPIES = "triton (copies)"
 
 
 def sequential_loop(u, delta, A, B, C):
@@ -43,8 +55,13 @@ def sequential_loop(u, delta, A, B, C):
     return torch.stack(ys, dim=-1)
 
 
-def make_inputs(kind: str, batch: int, dim: int, d_state: int, grid: int, directions: int, device, dtype) -> dict:
-    """Random inputs with the model's statistics (Δ after softplus around 0.01–0.1, A = −exp(A_log))."""
+def make_inputs(
+    kind: str, batch: int, dim: int, d_state: int, grid: int, directions: int, device, dtype, frames: int = 1
+) -> dict:
+    """Random inputs with the model's statistics (Δ after softplus around 0.01–0.1, A = −exp(A_log)).
+
+    ``temporal``: a chunk of ``frames`` frames of a G×G video, from a random fp32 initial state.
+    """
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape, scale=1.0, shift=0.0):
@@ -56,6 +73,12 @@ def make_inputs(kind: str, batch: int, dim: int, d_state: int, grid: int, direct
         return dict(u=rand(batch, dim, length), delta=rand(batch, dim, length, scale=0.5, shift=-3.0), A=a.to(device),
                     B=rand(batch, d_state, length), C=rand(batch, d_state, length), D=torch.ones(dim, device=device),
                     z=rand(batch, dim, length), delta_softplus=True)
+    if kind == "temporal":
+        video = (frames, grid, grid)
+        return dict(u=rand(batch, dim, *video), delta=rand(batch, directions, dim, *video, scale=0.5, shift=-3.0),
+                    A=a.repeat(directions, 1, 1).to(device), B=rand(batch, directions, d_state, *video),
+                    C=rand(batch, directions, d_state, *video), D=torch.ones(directions, dim, device=device),
+                    initial_state=(torch.randn(batch, directions, dim, grid, grid, d_state, generator=gen) * 0.1).to(device))
     return dict(u=rand(batch, dim, grid, grid), delta=rand(batch, directions, dim, grid, grid, scale=0.5, shift=-3.0),
                 A=a.repeat(directions, 1, 1).to(device), B=rand(batch, directions, d_state, grid, grid),
                 C=rand(batch, directions, d_state, grid, grid), D=torch.ones(directions, dim, device=device))
@@ -74,6 +97,10 @@ def call(kind: str, backend: str, x: dict) -> Callable[[], torch.Tensor]:
         return lambda: sequential_loop(
             x["u"].float(), torch.nn.functional.softplus(x["delta"].float()), x["A"], x["B"].float(), x["C"].float()
         )
+    if kind == "temporal":
+        if backend == TRITON_COPIES:
+            return lambda: temporal_scan_by_copies(IMPLEMENTATIONS["triton"]()[0], **x)[0]
+        return lambda: temporal_scan(**x, backend=backend)[0]
     scan = selective_scan if kind == "1d" else cross_scan_2d
     return lambda: scan(**x, backend=backend)
 
@@ -174,7 +201,7 @@ def format_check_costs(rows: list[dict]) -> str:
         if not timings:
             continue
         r = max(timings, key=lambda row: row["bytes"])
-        lines.append(f"| {verdict.backend} ({r['kind']} {r['grid']}²) | {verdict.finding()} | {verdict.seconds:.3f} "
+        lines.append(f"| {verdict.backend} ({r['kind']} {r['label']}) | {verdict.finding()} | {verdict.seconds:.3f} "
                      f"| {r['first']:.3f} | {r['fwd'] * 1e3:.2f} | {r['both'] * 1e3:.2f} | {verdict.seconds / r['both']:.0f}× |")
     return "\n".join(lines) if len(lines) > 2 else "self-check: no compiled backend ran here, so none was checked"
 
@@ -191,7 +218,7 @@ def format_table(rows: list[dict], peak_gbs: float | None, copy_gbs: float) -> s
         ref, loop = r.get("ref"), r.get("loop")
         gbs = r["bytes"] / r["fwd"] / 1e9
         both = r["both"]
-        cells = [r["kind"], f"{r['grid']}²", r["backend"], f"{r['fwd'] * 1e3:.1f}",
+        cells = [r["kind"], r["label"], r["backend"], f"{r['fwd'] * 1e3:.1f}",
                  f"{both * 1e3:.1f}" if both else "–", mebibytes(r["fwd_mem"]), mebibytes(r["both_mem"]),
                  f"{ref['fwd'] / r['fwd']:.1f}" if ref else "–", f"{ref['both'] / both:.1f}" if ref and both else "–",
                  f"{loop['fwd'] / r['fwd']:.1f}" if loop else "–", f"{gbs:.3g}", f"{100 * gbs / copy_gbs:.0f}"]
@@ -205,6 +232,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids-1d", type=int, nargs="*", default=[64], help="1D scans over L = G² (none: skip)")
     parser.add_argument("--grids-2d", type=int, nargs="*", default=[32], help="G×G cross scans (none: skip)")
+    parser.add_argument("--grids-temporal", type=int, nargs="*", default=[], help="scans along time of G×G video chunks")
+    parser.add_argument("--frames", type=int, default=4, help="frames per timed video chunk (--grids-temporal)")
+    parser.add_argument("--temporal-directions", type=int, default=1, choices=(1, 2),
+                        help="K of the temporal scan: 1 forward in time (the model's), 2 forward and backward")
     parser.add_argument("--dim", type=int, default=256, help="channels (the mixer's inner width)")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--d-state", type=int, default=16)
@@ -223,9 +254,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--copy-mib", type=int, default=None,
                         help="buffer copied to measure copy bandwidth (default: 1024 on CUDA, 256 elsewhere)")
     args = parser.parse_args(argv)
-    if not args.grids_1d and not args.grids_2d:
-        parser.error("nothing to time: give --grids-1d and/or --grids-2d sizes")
-    for name in ("grids_1d", "grids_2d", "dim", "batch", "d_state", "threads", "repeats", "baseline_repeats", "copy_mib"):
+    if not args.grids_1d and not args.grids_2d and not args.grids_temporal:
+        parser.error("nothing to time: give --grids-1d, --grids-2d and/or --grids-temporal sizes")
+    for name in ("grids_1d", "grids_2d", "grids_temporal", "frames", "dim", "batch", "d_state", "threads", "repeats",
+                 "baseline_repeats", "copy_mib"):
         values = getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]
         if values and values != [None] and min(values) < 1:
             parser.error(f"--{name.replace('_', '-')} must be ≥ 1, got {getattr(args, name)}")
@@ -250,12 +282,16 @@ def main(argv: list[str] | None = None) -> None:
     copy_gbs = copy_bandwidth(args.device, args.copy_mib, max(args.repeats, 3))
     jobs = [("1d", grid, b) for grid in args.grids_1d for b in ["loop", *backends]]
     jobs += [("2d", grid, b) for grid in args.grids_2d for b in backends]
+    temporal_backends = [*backends, TRITON_COPIES] if "triton" in backends else backends
+    jobs += [("temporal", grid, b) for grid in args.grids_temporal for b in temporal_backends]
     rows, by_key = [], {}
     for kind, grid, backend in tqdm(jobs, desc="scan benchmark", unit="run"):
-        x = make_inputs(kind, args.batch, args.dim, args.d_state, grid, args.directions, args.device, dtype)
+        directions = args.temporal_directions if kind == "temporal" else args.directions
+        x = make_inputs(kind, args.batch, args.dim, args.d_state, grid, directions, args.device, dtype, args.frames)
         repeats = args.baseline_repeats if backend in ("loop", "reference") else args.repeats
         result = measure(kind, backend, x, args.device, args.warmup, repeats)
-        result.update(kind=kind, grid=grid, backend=backend, bytes=moved_bytes(x))
+        label = f"{grid}²×{args.frames}" if kind == "temporal" else f"{grid}²"
+        result.update(kind=kind, grid=grid, label=label, backend=backend, bytes=moved_bytes(x))
         by_key[kind, grid, backend] = result
         rows.append(result)
     for r in rows:
@@ -264,12 +300,18 @@ def main(argv: list[str] | None = None) -> None:
     now = datetime.datetime.now(datetime.timezone.utc)
     print(f"# {now:%Y-%m-%d %H:%M} UTC, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, dtype {args.dtype}, "
-          f"batch {args.batch}, dim {args.dim}, d_state {args.d_state}, K {args.directions}, "
+          f"batch {args.batch}, dim {args.dim}, d_state {args.d_state}, K {args.directions} "
+          f"(temporal: {args.temporal_directions}, G²×frames), "
           f"median of {args.repeats} runs ({args.baseline_repeats} for loop/reference) after {args.warmup} warm-up")
     if args.device.type == "cuda":
         print(f"# GPU {torch.cuda.get_device_name(args.device)}, CUDA {torch.version.cuda}")
     print(f"device-to-device copy of {args.copy_mib} MiB: {copy_gbs:.3g} GB/s (read + write), the '% of copy' reference")
     print(format_table(rows, args.peak_gbs, copy_gbs))
+    for grid in args.grids_temporal:
+        fused, copies = by_key.get(("temporal", grid, "triton")), by_key.get(("temporal", grid, TRITON_COPIES))
+        if fused and copies:
+            print(f"{grid}²×{args.frames} temporal scan: fused {copies['fwd'] / fused['fwd']:.2f}× the copies forward, "
+                  f"{copies['both'] / fused['both']:.2f}× forward+backward")
     for grid in args.grids_2d:
         triton, mamba = by_key.get(("2d", grid, "triton")), by_key.get(("2d", grid, "mamba_ssm"))
         if triton and mamba:

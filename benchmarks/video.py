@@ -6,6 +6,12 @@ stand-in with a video latent's geometry: 8×8 average pooling and a fixed random
 channels (Wan 2.1's channel count and spatial compression; one latent frame per clip frame).
 
 Flicker = mean |Δstyled − Δcontent| / mean |Δcontent| over consecutive frames (``training.temporal.flicker``).
+Warping error = mean |s_t − warp(s_{t−1})| over the latent pixels visible in both frames
+(``training.temporal.warping_error``), in latent space (nothing is decoded here), along the camera's exact
+flow (``builders.pan_zoom_flow``); the unstyled content's own warping error is its floor (bilinear
+sampling between latent pixels and the pooling leave a residue), so it is reported too, and so is the
+same figure with no flow (mean |s_t − s_{t−1}| over the same pixels): how much of the frame-to-frame
+change the camera motion explains.
 A fresh temporal model is the identity, so the comparison needs temporal weights that do something:
 
 * ``frame by frame``: the spatial model alone (random "trained-like" spatial weights: AdaLN gates and
@@ -14,7 +20,11 @@ A fresh temporal model is the identity, so the comparison needs temporal weights
   what an untrained-but-opened temporal path does (no reason to be better);
 * ``temporal, fitted``: the temporal mixers alone fitted for ``--steps`` Adam steps on the *fit clip* with
   the flow-free terms (consistency + second order) plus staying near the frame-by-frame style
-  (so flicker cannot fall by dropping the style), then measured on a *different* clip.
+  (so flicker cannot fall by dropping the style), then measured on a *different* clip;
+* ``temporal, fitted, forward+backward``: the same, but every temporal mixer also scans backward in time
+  (K = 2; a benchmark-only variant of the model's forward-only mixers, fitted the same way from the same
+  start). It runs each clip as one chunk: chunked, a backward scan would need the state coming from the
+  frames after the chunk, which bounded-memory chunking does not have.
 The style strength column (mean |styled − content| / mean |content|) shows the style was kept.
 
     python benchmarks/video.py                      # everything, CPU, writes nothing
@@ -37,7 +47,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the clip builder is shared with the ComfyUI stand-ins
 
-from builders import pan_zoom_clip, trained_like  # noqa: E402
+from builders import pan_zoom_clip, pan_zoom_flow, trained_like  # noqa: E402
 
 from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba  # noqa: E402
 from comfyui_stylemamba.stylemamba.config import StyleMambaConfig  # noqa: E402
@@ -48,6 +58,7 @@ from comfyui_stylemamba.stylemamba.training.temporal import (  # noqa: E402
     flicker,
     temporal_consistency_loss,
     temporal_second_order_loss,
+    warping_error,
 )
 
 PHOTOS = REPO.parent / "shared" / "assets" / "images"
@@ -78,6 +89,17 @@ def model(config: StyleMambaConfig, temporal_std: float) -> StyleMamba:
         for mixer in fusion.temporal:
             mixer.out_proj.weight.normal_(std=temporal_std)
     return StyleMamba(model=fusion.eval(), text_encoder=ENCODER)
+
+
+def bidirectional(sm: StyleMamba) -> StyleMamba:
+    """Every temporal mixer scans forward and backward in time (K = 2), both directions starting as the
+    forward one; D is halved per direction, as both add D·u to the same output."""
+    for mixer in sm.model.temporal:
+        for name in ("x_proj", "dt_proj", "dt_bias", "A_log", "D"):
+            forward = getattr(mixer, name).detach()
+            both = forward.repeat(2, *[1] * (forward.dim() - 1))
+            setattr(mixer, name, torch.nn.Parameter(both / 2 if name == "D" else both))
+    return sm
 
 
 def style(config: StyleMambaConfig) -> StyleEmbedding:
@@ -115,27 +137,42 @@ def strength(styled: torch.Tensor, content: torch.Tensor) -> float:
 def flicker_table(config: StyleMambaConfig, frames: int, size: tuple[int, int], steps: int) -> tuple[list[str], dict]:
     fit_clip = stand_in_latent(pan_zoom_clip(load_photo("boat.jpg"), frames, *size))
     test_clip = stand_in_latent(pan_zoom_clip(load_photo("tubingen.jpeg"), frames, *size))
+    flow = pan_zoom_flow(frames, size[0] // SPATIAL, size[1] // SPATIAL)[None]
+    still = torch.zeros_like(flow)
     emb = style(config)
-    spatial, random_temporal, fitted = model(config, 0.0), model(config, 0.2), model(config, 0.0)
-    start = time.perf_counter()
-    losses = fit_temporal(fitted, fit_clip, emb.target, steps)
-    fit_seconds = time.perf_counter() - start
+    spatial, random_temporal = model(config, 0.0), model(config, 0.2)
+    fitted, fitted_both = model(config, 0.0), bidirectional(model(config, 0.0))
+    fits = []
+    for sm in (fitted, fitted_both):
+        start = time.perf_counter()
+        losses = fit_temporal(sm, fit_clip, emb.target, steps)
+        fits.append((time.perf_counter() - start, losses[0], losses[-1]))
     rows, numbers = [], {}
     for name, clip in (("fit clip (boat.jpg)", fit_clip), ("held-out clip (tubingen.jpeg)", test_clip)):
-        for label, sm, mode in (
-            ("frame by frame", spatial, "frame by frame"),
-            ("temporal, random", random_temporal, "across frames"),
-            ("temporal, fitted", fitted, "across frames"),
+        numbers[(name, "content")] = (0.0, warping_error(clip, flow), warping_error(clip, still), 0.0)
+        for label, sm, mode, chunk in (
+            ("frame by frame", spatial, "frame by frame", 4),
+            ("temporal, random", random_temporal, "across frames", 4),
+            ("temporal, fitted, forward", fitted, "across frames", 4),
+            ("temporal, fitted, forward+backward", fitted_both, "across frames", frames),
         ):
-            styled = stylize_latents(sm, clip, emb, temporal=mode, batch_size=4)
-            numbers[(name, label)] = (flicker(styled, clip), strength(styled, clip))
-            rows.append(f"| {name} | {label} | {numbers[(name, label)][0]:.3f} | {numbers[(name, label)][1]:.3f} |")
+            styled = stylize_latents(sm, clip, emb, temporal=mode, batch_size=chunk)
+            numbers[(name, label)] = (
+                flicker(styled, clip), warping_error(styled, flow), warping_error(styled, still), strength(styled, clip)
+            )
+        rows += [f"| {name} | {label} | {f:.3f} | {w:.4f} | {w0:.4f} | {st:.3f} |"
+                 for (clip_name, label), (f, w, w0, st) in numbers.items() if clip_name == name]
+    fit_notes = "; ".join(
+        f"{kind} {seconds:.0f} s, loss {first:.3f} → {last:.3f}"
+        for kind, (seconds, first, last) in zip(("forward", "forward+backward"), fits)
+    )
     header = [
         f"Clip: {frames} frames of {size[1]}×{size[0]} px pan+zoom → stand-in latent (1, 16, {frames}, {size[0] // 8}, {size[1] // 8}); "
-        f"temporal fit: {steps} Adam steps (lr 3e-3) on the fit clip in {fit_seconds:.0f} s, loss {losses[0]:.3f} → {losses[-1]:.3f}.",
+        f"temporal fits: {steps} Adam steps (lr 3e-3) on the fit clip ({fit_notes}). Warping error in latent space "
+        "along the camera's exact flow; the content row is the unstyled latent's own (the floor).",
         "",
-        "| clip | fusion | flicker | style strength |",
-        "|---|---|---:|---:|",
+        "| clip | fusion | flicker | warping error | … without flow | style strength |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     return header + rows, numbers
 

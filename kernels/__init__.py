@@ -21,12 +21,14 @@ Direction k follows ``layout.DIRECTIONS[k]``; K is 1, 2 or 4.
     initial_state: (batch, K, dim, H, W, d_state) or None (zeros)
 and returns (y summed over directions (batch, dim, T, H, W), last states (batch, K, dim, H, W, d_state)).
 K is 1 (forward in time) or 2 (forward and backward); see ``temporal`` for how chunks carry the state.
-``selective_scan`` likewise takes an ``initial_state`` (batch, dim, d_state).
+``selective_scan`` likewise takes an ``initial_state`` (batch, dim, d_state). Gradients reach the
+initial state on every backend; the last state carries none.
 
 Backends (every one differentiable):
     reference  sequential loop, the truth the others are tested against;
     torch      chunk-parallel fp32 scan for CPU/MPS (``chunked``);
-    triton     fused forward/backward kernels, fp32 state, fp16/bf16 inputs (``triton_scan``);
+    triton     fused forward/backward kernels, fp32 state, fp16/bf16 inputs (``triton_scan``): 1D, 2D
+               and temporal scans each read their inputs in place, initial state included;
     mamba_ssm  mamba-ssm's compiled CUDA ``selective_scan_fn`` (``pip install .[cuda]``);
     auto       the first of ``auto_order(device)`` that passes its self-check.
 
@@ -46,17 +48,14 @@ import torch
 
 from . import self_check
 from .layout import DIRECTIONS
-from .layout import cross_scan_by_copies
 from .reference import selective_scan_reference
-from .self_check import ScanBackendWarning, ScanFunctions, SelfCheckError
-from .temporal import temporal_scan_by_copies, with_initial_state
+from .self_check import ScanBackendWarning, ScanFunctions, SelfCheckError, by_copies
+from .temporal import with_initial_state
 from .torch_backend import selective_scan_torch
 
 BACKENDS = ("auto", "reference", "torch", "triton", "mamba_ssm")
 #: Backends trusted only after their self-check passed for the (device, dtype) at hand (``self_check``).
 COMPILED = ("triton", "mamba_ssm")
-#: Backends whose 1D scan starts from an initial state itself; the others get it added by ``with_initial_state``.
-NATIVE_INITIAL_STATE = ("reference", "torch")
 MAMBA_MODULE = "mamba_ssm.ops.selective_scan_interface"
 
 
@@ -70,28 +69,24 @@ def _importable(name: str) -> bool:
     return True
 
 
-def _by_copies(scan_1d: Callable) -> ScanFunctions:
-    """A 1D scan and the 2D scan made of it: one grouped call over K re-ordered copies."""
-    return scan_1d, functools.partial(cross_scan_by_copies, scan_1d)
-
-
 def _triton_functions() -> ScanFunctions:
-    from .triton_backend import cross_scan_2d_triton, selective_scan_triton
+    from .triton_backend import cross_scan_2d_triton, selective_scan_triton, temporal_scan_triton
 
-    return selective_scan_triton, cross_scan_2d_triton
+    return selective_scan_triton, cross_scan_2d_triton, temporal_scan_triton
 
 
 def _mamba_functions() -> ScanFunctions:
     from .mamba_backend import selective_scan_mamba
 
-    return _by_copies(selective_scan_mamba)
+    # mamba-ssm's scan starts from zeros: the initial state is added by linearity around it.
+    return by_copies(functools.partial(with_initial_state, selective_scan_mamba))
 
 
-#: Each backend's loader of its (1D, 2D) functions; GPU modules import only when a loader runs.
-#: Only Triton has a fused 2D kernel. Tests swap entries for fake compiled backends.
+#: Each backend's loader of its (1D, 2D, temporal) functions; GPU modules import only when a loader runs.
+#: Only Triton has fused 2D and temporal kernels. Tests swap entries for fake compiled backends.
 IMPLEMENTATIONS: dict[str, Callable[[], ScanFunctions]] = {
-    "reference": lambda: _by_copies(selective_scan_reference),
-    "torch": lambda: _by_copies(selective_scan_torch),
+    "reference": lambda: by_copies(selective_scan_reference),
+    "torch": lambda: by_copies(selective_scan_torch),
     "triton": _triton_functions,
     "mamba_ssm": _mamba_functions,
 }
@@ -174,15 +169,9 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype | Non
 
 
 def _implementation(backend: str, u: torch.Tensor, kind: str) -> Callable:
-    """The ``kind`` ('1d' or '2d') function of the backend resolved (and self-checked) for ``u``'s device and dtype.
-
-    The 1D function always takes ``initial_state``: the temporal scan is that same checked 1D function.
-    """
+    """The ``kind`` (one of ``self_check.KINDS``) function of the backend resolved (and self-checked) for ``u``."""
     resolved = resolve_backend(backend, u.device, u.dtype)
-    scan_1d, scan_2d = IMPLEMENTATIONS[resolved]()
-    if kind == "2d":
-        return scan_2d
-    return scan_1d if resolved in NATIVE_INITIAL_STATE else functools.partial(with_initial_state, scan_1d)
+    return IMPLEMENTATIONS[resolved]()[self_check.KINDS.index(kind)]
 
 
 def selective_scan(
@@ -244,8 +233,8 @@ def temporal_scan(
     expected_state = (u.shape[0], directions, u.shape[1], *u.shape[-2:], A.shape[-1])
     if initial_state is not None and tuple(initial_state.shape) != expected_state:
         raise ValueError(f"initial_state must be {expected_state} for this grid, got {tuple(initial_state.shape)}")
-    scan = _implementation(backend, u, "1d")
-    return temporal_scan_by_copies(scan, u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state)
+    scan = _implementation(backend, u, "temporal")
+    return scan(u, delta, A, B, C, D, delta_bias, delta_softplus, initial_state)
 
 
 __all__ = [

@@ -9,7 +9,9 @@ and compares outputs and every gradient. The verdict is cached per key for the p
 The problem is sized against the Triton kernels' blocks (``triton_scan``: 32 steps per stored chunk,
 32 channels per program): 45 steps (over one chunk and not a multiple of it), 40 channels (a second,
 masked channel block), d_state 16, grouped B/C in 1D and K = 4 directions on a 5×9 grid in 2D (H ≠ W,
-so the column orders differ from the row orders).
+so the column orders differ from the row orders). The temporal scan runs 9 frames (a chunk of video
+frames; the kernel pads it to 16 steps, so the tail is masked) at every position of a 1×3 grid,
+forward and backward in time, from a random initial state whose gradient is compared too.
 """
 
 from __future__ import annotations
@@ -25,10 +27,19 @@ from typing import Callable
 import torch
 
 from .layout import cross_scan_by_copies
+from .temporal import temporal_scan_by_copies
 from .torch_backend import selective_scan_torch
 
-#: A backend's (1D ``selective_scan``, 2D ``cross_scan_2d``) functions, as ``kernels.IMPLEMENTATIONS`` loads them.
-ScanFunctions = tuple[Callable[..., object], Callable[..., torch.Tensor]]
+#: A backend's (1D ``selective_scan``, 2D ``cross_scan_2d``, ``temporal_scan``) functions, as
+#: ``kernels.IMPLEMENTATIONS`` loads them, in the order of ``KINDS``.
+ScanFunctions = tuple[Callable[..., object], Callable[..., torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]
+KINDS = ("1d", "2d", "temporal")
+
+
+def by_copies(scan_1d: Callable[..., object]) -> ScanFunctions:
+    """A 1D scan (taking ``initial_state``) and the 2D and temporal scans made of it: grouped calls over re-ordered copies."""
+    return scan_1d, functools.partial(cross_scan_by_copies, scan_1d), functools.partial(temporal_scan_by_copies, scan_1d)
+
 
 #: Largest difference allowed, relative to the ``torch`` backend's largest magnitude of each compared
 #: tensor. Both sides compute in fp32 from the same inputs, so fp32 leaves only summation-order and
@@ -37,8 +48,10 @@ ScanFunctions = tuple[Callable[..., object], Callable[..., torch.Tensor]]
 TOLERANCES = {torch.float64: 1e-4, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 3e-2}
 
 #: 1D runs two samples (the batch offsets) of two B/C groups; 2D one sample, as every direction already
-#: gives it 8 programs and the interpreter that tests it on CPU pays per program.
+#: gives it 8 programs and the interpreter that tests it on CPU pays per program; the temporal scan one
+#: sample too (a program per position, channel block and direction: 12 programs).
 BATCH_1D, BATCH_2D, DIM, D_STATE, GROUPS, LENGTH, GRID, DIRECTIONS = 2, 1, 40, 16, 2, 45, (5, 9), 4
+BATCH_T, FRAMES, GRID_T, DIRECTIONS_T = 1, 9, (1, 3), 2
 SEED = 0
 
 
@@ -119,12 +132,24 @@ def _problem(kind: str, device: torch.device, dtype: torch.dtype) -> dict[str, t
             B=leaf(BATCH_1D, GROUPS, D_STATE, LENGTH), C=leaf(BATCH_1D, GROUPS, D_STATE, LENGTH),
             D=leaf(DIM, as_dtype=f32), z=leaf(*seq), delta_bias=leaf(DIM, scale=0.3, as_dtype=f32),
         )
-    height, width = GRID
-    per_direction = (BATCH_2D, DIRECTIONS, D_STATE, height, width)
+    if kind == "2d":
+        height, width = GRID
+        per_direction = (BATCH_2D, DIRECTIONS, D_STATE, height, width)
+        return dict(
+            u=leaf(BATCH_2D, DIM, height, width), delta=leaf(BATCH_2D, DIRECTIONS, DIM, height, width, scale=0.5, shift=-2.0),
+            A=leaf(DIRECTIONS, DIM, D_STATE, scale=0.5, shift=-2.0, as_dtype=f32), B=leaf(*per_direction),
+            C=leaf(*per_direction), D=leaf(DIRECTIONS, DIM, as_dtype=f32), delta_bias=leaf(DIRECTIONS, DIM, scale=0.3, as_dtype=f32),
+        )
+    height, width = GRID_T
+    video = (BATCH_T, DIRECTIONS_T, DIM, FRAMES, height, width)
+    per_direction = (BATCH_T, DIRECTIONS_T, D_STATE, FRAMES, height, width)
     return dict(
-        u=leaf(BATCH_2D, DIM, height, width), delta=leaf(BATCH_2D, DIRECTIONS, DIM, height, width, scale=0.5, shift=-2.0),
-        A=leaf(DIRECTIONS, DIM, D_STATE, scale=0.5, shift=-2.0, as_dtype=f32), B=leaf(*per_direction),
-        C=leaf(*per_direction), D=leaf(DIRECTIONS, DIM, as_dtype=f32), delta_bias=leaf(DIRECTIONS, DIM, scale=0.3, as_dtype=f32),
+        u=leaf(BATCH_T, DIM, FRAMES, height, width), delta=leaf(*video, scale=0.5, shift=-2.0),
+        A=leaf(DIRECTIONS_T, DIM, D_STATE, scale=0.5, shift=-2.0, as_dtype=f32), B=leaf(*per_direction),
+        C=leaf(*per_direction), D=leaf(DIRECTIONS_T, DIM, as_dtype=f32),
+        delta_bias=leaf(DIRECTIONS_T, DIM, scale=0.3, as_dtype=f32),
+        # fp32, as the states a previous chunk hands over are
+        initial_state=leaf(BATCH_T, DIRECTIONS_T, DIM, height, width, D_STATE, as_dtype=f32),
     )
 
 
@@ -138,13 +163,13 @@ def _relative_difference(got: torch.Tensor | None, want: torch.Tensor) -> float:
 
 
 def _compare(kind: str, candidate: Callable, truth: Callable, inputs: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Differences of the output (and the 1D last state) and of each input's gradient, by name."""
+    """Differences of the output (and the 1D and temporal last states) and of each input's gradient, by name."""
     options = dict(delta_softplus=True, return_last_state=True) if kind == "1d" else dict(delta_softplus=True)
     got, want = candidate(**inputs, **options), truth(**inputs, **options)
     differences = {}
-    if kind == "1d":
+    if kind != "2d":
         (got, got_last), (want, want_last) = got, want
-        differences["1d last state"] = _relative_difference(got_last, want_last)
+        differences[f"{kind} last state"] = _relative_difference(got_last, want_last)
     differences[f"{kind} output"] = _relative_difference(got, want)
     cotangent = torch.randn(want.shape, generator=torch.Generator().manual_seed(SEED + 1)).to(want)
     leaves = list(inputs.values())
@@ -165,13 +190,13 @@ def run_check(backend: str, load: Callable[[], ScanFunctions], device: torch.dev
         raise ValueError(f"scan inputs must be floating point ({', '.join(map(str, TOLERANCES))}), got {dtype}")
     tolerance = TOLERANCES[dtype]
     key = dict(backend=backend, device=device_key(device), dtype=str(dtype).removeprefix("torch."), tolerance=tolerance)
-    truth = (selective_scan_torch, functools.partial(cross_scan_by_copies, selective_scan_torch))
+    truth = by_copies(selective_scan_torch)
     start = time.perf_counter()
     try:
         with torch.inference_mode(False), torch.enable_grad():
             functions = load()
             differences = {}
-            for index, kind in enumerate(("1d", "2d")):
+            for index, kind in enumerate(KINDS):
                 differences.update(_compare(kind, functions[index], truth[index], _problem(kind, device, dtype)))
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

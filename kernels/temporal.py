@@ -5,10 +5,11 @@ Every spatial position is its own sequence of T frames. Direction 0 runs forward
 frame T-1 going forward, after frame 0 going backward) comes back, so a long video can run in chunks of
 frames with the state handed from chunk to chunk (backward direction: chunks taken last to first).
 
-The sequences are short (T frames) and many (batch·H·W), so one grouped 1D call over a re-laid-out copy
-is the whole cost: channel block k of the (batch·H·W, K·dim, T) copy reads B/C group k, as in the 2D
-cross scan. Backends whose 1D scan takes no initial state (the compiled ones) get it added here by
-linearity: h_t = h⁰_t + exp(A·Σ_{s≤t} Δ_s)·h_{-1}, so y gains C_t·exp(A·Σ_{s≤t} Δ_s)·h_{-1}.
+The sequences are short (T frames) and many (batch·H·W), so for the backends without a fused temporal
+kernel (all but Triton's, ``triton_backend.temporal_scan_triton``) one grouped 1D call over a re-laid-out
+copy is the whole cost: channel block k of the (batch·H·W, K·dim, T) copy reads B/C group k, as in the 2D
+cross scan. mamba-ssm's 1D scan takes no initial state, so it gets one added by linearity
+(``with_initial_state``): h_t = h⁰_t + exp(A·Σ_{s≤t} Δ_s)·h_{-1}, so y gains C_t·exp(A·Σ_{s≤t} Δ_s)·h_{-1}.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def with_initial_state(
 ):
     """``scan_1d`` (no initial state of its own) started from ``initial_state`` (b, dim, d_state).
 
-    The correction materialises one (b, dim, d_state, L) fp32 tensor: fine for the short temporal
-    sequences it serves on a GPU; the CPU ``torch`` backend carries the state natively instead.
+    Serves mamba-ssm, whose compiled scan starts from zeros. The correction materialises one
+    (b, dim, d_state, L) fp32 tensor: fine for the short temporal sequences it serves on a GPU; the
+    other backends carry the state natively.
     """
     if initial_state is None:
         return scan_1d(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)

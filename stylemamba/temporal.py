@@ -9,7 +9,9 @@ The scan runs forward in time only. A causal model makes chunking exact: a chunk
 nothing from later frames, only each block's scan state after the previous chunk, so any length
 runs with memory bounded by the chunk, and chunked equals unchunked up to float summation order.
 A backward-in-time direction would make every layer's input depend on all frames, which no
-bounded-memory chunking reproduces.
+bounded-memory chunking reproduces. Measured on one clip (benchmarks/results/video-cpu.md), forward+backward
+mixers fitted the same way flickered a third less on held-out footage at the same style strength and
+warping error: not enough to give up exact chunks.
 """
 
 from __future__ import annotations

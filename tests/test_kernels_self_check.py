@@ -18,7 +18,7 @@ from comfyui_stylemamba import kernels
 from comfyui_stylemamba.kernels import ScanBackendWarning, SelfCheckError, cross_scan_2d, selective_scan, self_check
 from test_kernels import make_1d, make_2d
 
-TORCH_1D, TORCH_2D = kernels.IMPLEMENTATIONS["torch"]()
+TORCH_1D, TORCH_2D, TORCH_TEMPORAL = kernels.IMPLEMENTATIONS["torch"]()
 CPU = torch.device("cpu")
 
 
@@ -27,10 +27,10 @@ class CompilationError(Exception):
 
 
 class FakeBackend:
-    """The torch scans behind a compiled backend's name: right, 2D output scaled by ``scale_2d``, or raising."""
+    """The torch scans behind a compiled backend's name: right, 2D (or temporal) output scaled, or raising."""
 
-    def __init__(self, scale_2d: float = 1.0, error: Exception | None = None, delay: float = 0.0):
-        self.scale_2d, self.error, self.delay = scale_2d, error, delay
+    def __init__(self, scale_2d: float = 1.0, error: Exception | None = None, delay: float = 0.0, scale_temporal: float = 1.0):
+        self.scale_2d, self.error, self.delay, self.scale_temporal = scale_2d, error, delay, scale_temporal
         self.calls: list[tuple[str, tuple[int, ...]]] = []
 
     def load(self) -> self_check.ScanFunctions:
@@ -48,7 +48,12 @@ class FakeBackend:
                 raise self.error
             return TORCH_2D(u, *args, **kwargs) * self.scale_2d
 
-        return scan_1d, scan_2d
+        def scan_temporal(u, *args, **kwargs):
+            self.calls.append(("temporal", tuple(u.shape)))
+            y, last = TORCH_TEMPORAL(u, *args, **kwargs)
+            return y * self.scale_temporal, last
+
+        return scan_1d, scan_2d, scan_temporal
 
 
 @pytest.fixture(autouse=True)
@@ -197,7 +202,7 @@ def test_real_check_compares_the_sequential_reference(dtype, largest):
     verdict = self_check.run_check("reference", kernels.IMPLEMENTATIONS["reference"], CPU, dtype)
     assert verdict.passed and verdict.error is None and verdict.seconds > 0
     assert 0 < verdict.difference < largest
-    assert verdict.worst.split()[0] in ("1d", "2d")
+    assert verdict.worst.split()[0] in ("1d", "2d", "temporal")
     assert verdict.summary().startswith(f"scan backend 'reference' passed its self-check on cpu with {verdict.dtype} inputs")
 
 
@@ -213,8 +218,26 @@ def test_check_catches_a_state_lost_at_a_chunk_boundary(dtype):
         y = torch.cat([y for y, _ in halves], dim=-1)
         return (y, halves[-1][1]) if return_last_state else y
 
-    verdict = self_check.run_check("chunked wrong", lambda: (restarts_at_32, TORCH_2D), CPU, dtype)
+    verdict = self_check.run_check("chunked wrong", lambda: (restarts_at_32, TORCH_2D, TORCH_TEMPORAL), CPU, dtype)
     assert not verdict.passed and verdict.worst.startswith("1d ") and verdict.difference > 0.3
+
+
+def test_check_covers_the_temporal_scan(monkeypatch):
+    """A backend right in 1D and 2D but off by 1 % in its temporal scan is not trusted for video either."""
+    install(monkeypatch, triton=FakeBackend(scale_temporal=1.01).load)
+    verdict = kernels.check_verdict("triton", CPU, torch.float32)
+    assert not verdict.passed and verdict.worst.startswith("temporal ")  # output and every gradient are 1 % off
+    assert verdict.difference == pytest.approx(0.01, rel=1e-3)
+
+
+def test_check_catches_a_temporal_scan_ignoring_the_initial_state():
+    """The temporal problem starts from a random state whose effect and gradient are compared."""
+
+    def zero_start(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, initial_state=None):
+        return TORCH_TEMPORAL(u, delta, A, B, C, D, delta_bias, delta_softplus, None)
+
+    verdict = self_check.run_check("zero start", lambda: (TORCH_1D, TORCH_2D, zero_start), CPU, torch.float32)
+    assert not verdict.passed and verdict.worst.startswith("temporal ") and verdict.difference > 0.1
 
 
 def test_check_refuses_non_float_inputs():

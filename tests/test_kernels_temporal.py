@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_stylemamba import kernels
-from comfyui_stylemamba.kernels import selective_scan, temporal_scan
+from comfyui_stylemamba.kernels import mamba_backend, selective_scan, temporal_scan
 from comfyui_stylemamba.kernels.reference import selective_scan_reference
 from comfyui_stylemamba.kernels.temporal import with_initial_state
 from comfyui_stylemamba.kernels.torch_backend import selective_scan_torch
@@ -91,7 +91,7 @@ def test_initial_state_splits_a_sequence_exactly():
 
 
 def test_compiled_backends_get_the_initial_state_by_linearity():
-    """``with_initial_state`` around a scan without one (as Triton and mamba-ssm are) equals the native path."""
+    """``with_initial_state`` around a scan without one (as mamba-ssm's is) equals the native path."""
     inputs = make_1d(3, 6, 4, 19, groups=2)
     init = torch.randn(3, 6, 4, generator=torch.Generator().manual_seed(5)).requires_grad_()
     out, last = with_initial_state(
@@ -138,14 +138,15 @@ def test_temporal_scan_in_chunks_carries_the_state():
 
 
 def test_temporal_scan_runs_compiled_backends_through_the_self_check(monkeypatch):
-    """A fake compiled backend is self-checked before the temporal scan uses it, and gets the state by linearity."""
+    """mamba-ssm's loader, on a fake scan without an initial state, is self-checked before the temporal scan
+    uses it, and gets the state by linearity."""
     calls = []
 
-    def fake_1d(*args, **kwargs):
+    def fake_mamba(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, return_last_state=False):
         calls.append("1d")
-        return selective_scan_torch(*args, **kwargs)
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
 
-    monkeypatch.setitem(kernels.IMPLEMENTATIONS, "mamba_ssm", lambda: (fake_1d, kernels.IMPLEMENTATIONS["torch"]()[1]))
+    monkeypatch.setattr(mamba_backend, "selective_scan_mamba", fake_mamba)
     monkeypatch.setattr(kernels, "_require_runnable", lambda backend, device: None)
     kernels.self_check.forget()
     try:

@@ -32,7 +32,15 @@ CASES = {
     "2d_four_directions": 1e-5,
     "2d_two_directions": 1e-5,
     "2d_one_direction": 1e-5,
+    "1d_initial_state": 1e-5,
+    "temporal_two_directions": 1e-5,
+    "temporal_forward_zero_start": 1e-5,
+    "temporal_bf16": 3e-2,
 }
+
+
+def _rel(a, b) -> float:
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
 
 
 def _relative_errors(out, ref, inputs) -> dict[str, float]:
@@ -40,11 +48,7 @@ def _relative_errors(out, ref, inputs) -> dict[str, float]:
     got = torch.autograd.grad(out, inputs, cotangent)
     want = torch.autograd.grad(ref, inputs, cotangent)
     finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(g).all()) for g in got)
-
-    def rel(a, b):
-        return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
-
-    return dict(values=rel(out, ref), grads=max(rel(g, w) for g, w in zip(got, want)), finite=finite)
+    return dict(values=_rel(out, ref), grads=max(_rel(g, w) for g, w in zip(got, want)), finite=finite)
 
 
 def run_self_checks() -> dict[str, dict]:
@@ -65,8 +69,9 @@ def run_self_checks() -> dict[str, dict]:
 
 def run_cases() -> dict[str, dict[str, float]]:
     """Every case on backend='triton' and 'reference' (child process only); checks first, at real sizes."""
-    from comfyui_stylemamba.kernels import cross_scan_2d, selective_scan, triton_scan
+    from comfyui_stylemamba.kernels import cross_scan_2d, selective_scan, temporal_scan, triton_scan
     from test_kernels import make_1d, make_2d
+    from tests.test_kernels_temporal import make_video
 
     results: dict = {"self_check": run_self_checks()}
     triton_scan.CHUNK, triton_scan.BLOCK_D = 4, 4
@@ -105,6 +110,37 @@ def run_cases() -> dict[str, dict[str, float]]:
         out = cross_scan_2d(**x, backend="triton")
         ref = cross_scan_2d(**x, backend="reference")
         results[name] = _relative_errors(out, ref, list(x.values()))
+
+    x = on_device(make_1d(2, 6, 3, 9, groups=2))
+    init = torch.randn(2, 6, 3, generator=torch.Generator().manual_seed(4), device=DEVICE).requires_grad_()
+    out, last = selective_scan(**x, delta_softplus=True, return_last_state=True, initial_state=init, backend="triton")
+    ref, ref_last = selective_scan(**x, delta_softplus=True, return_last_state=True, initial_state=init, backend="reference")
+    results["1d_initial_state"] = _relative_errors(out, ref, [*x.values(), init])
+    results["1d_initial_state"]["last_state"] = _rel(last, ref_last)
+
+    def temporal(name, x):
+        out, last = temporal_scan(**x, backend="triton")
+        ref, ref_last = temporal_scan(**x, backend="reference")
+        results[name] = _relative_errors(out, ref, [v for v in x.values() if v is not None])
+        results[name]["last_state"] = _rel(last, ref_last)
+
+    # 7 frames over chunks of 4 steps, 5 channels over blocks of 4, H ≠ W: every offset path of the TIME order.
+    temporal("temporal_two_directions", on_device(make_video(batch=2, dim=5, frames=7, height=2, width=3, d_state=3)))
+    temporal("temporal_forward_zero_start", {**on_device(make_video(dim=5, frames=6, directions=1)), "initial_state": None})
+    half = {k: (v.detach().bfloat16().requires_grad_() if k in ("u", "delta", "B", "C") else v)
+            for k, v in make_video(dim=4, frames=5, height=1, width=2).items()}
+    temporal("temporal_bf16", on_device(half))
+
+    # Chunks of 3, 2 and 2 frames, each from the previous chunk's last state, against one pass.
+    x = {k: v.detach() for k, v in on_device(make_video(dim=5, frames=7, directions=1)).items()}
+    whole, whole_last = temporal_scan(**x, backend="triton")
+    state, pieces = x["initial_state"], []
+    for start, stop in ((0, 3), (3, 5), (5, 7)):
+        chunk = {**x, "initial_state": state, "u": x["u"][:, :, start:stop]}
+        chunk.update({k: x[k][:, :, :, start:stop] for k in ("delta", "B", "C")})
+        y, state = temporal_scan(**chunk, backend="triton")
+        pieces.append(y)
+    results["temporal_chunked"] = dict(values=_rel(torch.cat(pieces, dim=2), whole), last_state=_rel(state, whole_last))
     return results
 
 
@@ -132,8 +168,17 @@ def test_triton_matches_reference(interpreted, case):
     assert errors["grads"] < CASES[case], f"{case}: gradients off by {errors['grads']:.2e}"
 
 
-def test_triton_returns_the_last_state(interpreted):
-    assert interpreted["1d_grouped_all_options"]["last_state"] < 1e-5
+@pytest.mark.parametrize(
+    "case", ["1d_grouped_all_options", "1d_initial_state", "temporal_two_directions", "temporal_forward_zero_start"]
+)
+def test_triton_returns_the_last_state(interpreted, case):
+    assert interpreted[case]["last_state"] < 1e-5
+
+
+def test_triton_temporal_scan_in_chunks_equals_one_pass(interpreted):
+    """The fused kernel's own last state, handed on as the next chunk's initial state, loses nothing."""
+    assert interpreted["temporal_chunked"]["values"] < 1e-6
+    assert interpreted["temporal_chunked"]["last_state"] < 1e-6
 
 
 @pytest.mark.parametrize("dtype,tolerance", [("torch.float32", 1e-4), ("torch.bfloat16", 3e-2)])
@@ -147,5 +192,5 @@ def test_self_check_passes_on_the_interpreted_kernels(interpreted, dtype, tolera
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
     print(json.dumps(run_cases()))
