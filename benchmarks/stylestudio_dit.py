@@ -5,7 +5,9 @@ Run in ComfyUI's python with cwd = the ComfyUI root (``PYTHONPATH=.``); both bui
 ``overhead``: a Flux-shaped model from ``comfy.supported_models.Flux`` with random weights, called once per
 step as a sampler calls it at cfg 1 (median of round-robin repeats): CPU seconds per step unpatched, with
 StyleStudio, and with StyleStudio and the teacher active on every step; and the bytes the teacher hands
-over per call (each block's image queries and keys), measured, beside the same count for Flux.1.
+over per call (each block's image queries and keys), measured, beside the same count for Flux.1. With
+``--adapter xlabs|instantx`` the style comes from a Flux IP-Adapter file of that layout at the model's widths
+instead of Redux, and the plain adapter (strength 0) is measured too.
 
 ``sweep``: on a real Flux.1 checkpoint, Redux model and SigLIP, samples the prompt once unstyled and then
 with StyleStudio on each block group, and reports per group the style similarity (cosine of SigLIP image
@@ -15,6 +17,7 @@ style layer. Nothing here has been run on a real checkpoint yet: the presets in 
 are reasoned, not measured.
 
     PYTHONPATH=. python .../benchmarks/stylestudio_dit.py overhead --width 256 --side 32
+    PYTHONPATH=. python .../benchmarks/stylestudio_dit.py overhead --width 256 --side 32 --adapter instantx
     PYTHONPATH=. python .../benchmarks/stylestudio_dit.py sweep --unet flux1-dev.safetensors --clip-l clip_l.safetensors \\
         --t5 t5xxl_fp16.safetensors --vae ae.safetensors --redux flux1-redux-dev.safetensors \\
         --clip-vision sigclip_vision_patch14_384.safetensors --style style.png --prompt "a lighthouse at dusk"
@@ -88,26 +91,66 @@ def overhead(args: argparse.Namespace) -> None:
             return StyleStudioCrossAdaINDiT().patch(base, text, text, probe.tiny_redux(context=args.context), probe.StandInSiglip(),
                                                    probe.image(1.0), 1.0, args.layers, "0", 0.0, 1.0, teacher, 1.0)
 
-    configurations = {"unpatched (plain Redux)": (base, styled(False)[1], text),
-                      f"StyleStudio, {args.layers}": styled(False),
-                      f"StyleStudio, {args.layers}, teacher on every step": styled(True)}
+    if args.adapter == "redux":
+        configurations = {"unpatched (plain Redux)": (base, styled(False)[1], text),
+                          f"StyleStudio, {args.layers}": styled(False),
+                          f"StyleStudio, {args.layers}, teacher on every step": styled(True)}
+    else:
+        with_adapter = ip_adapter_patcher(args, base)
+        configurations = {"unpatched (no adapter)": (base, text, text), "plain IP-Adapter (strength 0)": (with_adapter(0.0, False), text, text),
+                          f"StyleStudio, {args.layers}": (with_adapter(1.0, False), text, text),
+                          f"StyleStudio, {args.layers}, teacher on every step": (with_adapter(1.0, True), text, text)}
     runs: dict[str, list[float]] = {name: [] for name in configurations}
     for _ in range(args.repeats):  # round robin, so a busy moment does not fall on one configuration only
         for name, configuration in configurations.items():
             runs[name].append(per_step(*configuration))
     rows = {name: statistics.median(times) for name, times in runs.items()}
+    unpatched = next(iter(rows.values()))
     blocks = args.double + args.single
     flux_bytes = 57 * 2 * 3072 * (args.flux_side // 16) ** 2 * 2
     print(f"# StyleStudio (DiT) overhead, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    style = f"{probe.PATCHES} Redux tokens" if args.adapter == "redux" else f"a {args.adapter} IP-Adapter ({args.ip_tokens} tokens)"
     print(f"model: hidden {args.width}, {heads} heads, {args.double} double + {args.single} single blocks; "
-          f"{(args.side // 2) ** 2} image tokens, {args.text_tokens} text + {probe.PATCHES} Redux tokens; {args.steps} steps, cfg 1\n")
+          f"{(args.side // 2) ** 2} image tokens, {args.text_tokens} text tokens, {style}; {args.steps} steps, cfg 1\n")
     print("| configuration | CPU s/step | × unpatched |\n|---|---|---|")
     for name, seconds in rows.items():
-        print(f"| {name} | {seconds:.4f} | {seconds / rows['unpatched (plain Redux)']:.2f} |")
+        print(f"| {name} | {seconds:.4f} | {seconds / unpatched:.2f} |")
     print(f"\nhand-over per model call: {max(handed) / 2**20:.2f} MiB measured ({blocks} blocks, fp32); "
           f"Flux.1 at {args.flux_side}² in bf16, batch 1: 57 blocks × 2 × 3072 × {(args.flux_side // 16) ** 2} × 2 B "
           f"= {flux_bytes / 2**30:.2f} GiB")
+
+
+def ip_adapter_patcher(args: argparse.Namespace, base):
+    """``with_adapter(strength, teacher) -> MODEL``: the IP-Adapter node with an XLabs or InstantX file at this model's widths."""
+    import tempfile
+
+    import stylestudio_dit_ipadapter_in_comfyui as ip_probe
+    import torch
+
+    import folder_paths
+    from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import StyleStudioCrossAdaINDiTIPAdapter
+    from make_standins import instantx_flux_ip_adapter, xlabs_flux_ip_adapter
+
+    folder = Path(tempfile.mkdtemp(prefix="stylestudio_dit_bench_"))
+    folder_paths.add_model_folder_path("ipadapter", str(folder))
+    generator, clip_width = torch.Generator().manual_seed(4), ip_probe.CLIP_WIDTH[args.adapter]
+    if args.adapter == "xlabs":
+        name = "xlabs.safetensors"
+        from safetensors.torch import save_file
+
+        save_file(xlabs_flux_ip_adapter(generator, args.width, args.context, clip_width, args.double, args.ip_tokens), str(folder / name))
+    else:
+        name = "instantx.bin"
+        torch.save(instantx_flux_ip_adapter(generator, args.width, args.context, clip_width, args.double + args.single, args.ip_tokens),
+                   folder / name)
+
+    def with_adapter(strength: float, teacher: bool):
+        with torch.inference_mode():
+            return StyleStudioCrossAdaINDiTIPAdapter().patch(base, name, ip_probe.StandInClipVision(clip_width), ip_probe.image(1.0),
+                                                            strength, args.layers, "0", 0.0, 1.0, teacher, 1.0)[0]
+
+    return with_adapter
 
 
 def sweep(args: argparse.Namespace) -> None:
@@ -182,6 +225,9 @@ def main() -> None:
     tiny.add_argument("--layers", default="all blocks")
     tiny.add_argument("--threads", type=int, default=1)
     tiny.add_argument("--flux-side", type=int, default=1024, help="image side for the Flux.1 hand-over estimate")
+    tiny.add_argument("--adapter", choices=("redux", "xlabs", "instantx"), default="redux",
+                      help="where the style comes from: Redux tokens, or an XLabs / InstantX Flux IP-Adapter file")
+    tiny.add_argument("--ip-tokens", type=int, default=16, help="IP-Adapter image tokens (XLabs: 4 or 16, InstantX: 128)")
     real = commands.add_parser("sweep")
     for name in ("unet", "clip-l", "t5", "vae", "redux", "clip-vision", "style"):
         real.add_argument(f"--{name}", required=True)

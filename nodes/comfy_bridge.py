@@ -182,6 +182,27 @@ def _new_patcher(owner: object, module: torch.nn.Module, kind: ModelKind, model_
     return patcher
 
 
+def attach_model(model: Any, module: torch.nn.Module, key: str) -> None:
+    """Have ComfyUI load ``module`` together with the MODEL ``model`` (a ModelPatcher, e.g. the node's patched clone).
+
+    The module goes to the MODEL's offload device in the dtype the MODEL computes in, inside a ModelPatcher with the
+    MODEL's load/offload devices, added to the MODEL's additional models under ``key`` (beside any attached there
+    before: two of our nodes in a row keep both): ComfyUI's sampler (``sampler_helpers.prepare_sampling``) passes a
+    MODEL's additional models to ``load_models_gpu`` with it, so they are loaded, counted, offloaded and (low VRAM)
+    partly loaded like its own weights; clones of the MODEL clone the patcher. Outside ComfyUI nothing happens: the
+    module stays where it is, on the CPU.
+    """
+    if _optional("comfy.model_management") is None:
+        return
+    from comfy.model_patcher import ModelPatcher
+
+    dtype = model.model.manual_cast_dtype or model.model_dtype()
+    module.to(device=model.offload_device, dtype=dtype)
+    patcher = ModelPatcher(_managed_class(type(module).__name__)(module), load_device=model.load_device,
+                           offload_device=model.offload_device)
+    model.set_additional_models(key, [*model.get_additional_models_with_key(key), patcher])
+
+
 def _weight_dtype(kind: ModelKind, device: torch.device, model_management: ModuleType) -> torch.dtype:
     """SigLIP on a GPU in ComfyUI's text-encoder dtype (fp16 unless told otherwise); fp32 on the CPU and for the
     small StyleMamba model. A tower that gradients flow through gets bf16 rather than fp16, whose backward underflows

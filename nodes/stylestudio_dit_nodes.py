@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from ..errors import PackError
-from ..stylestudio.dit import DiTBlockPatch, DiTStyleWrapper, ReduxStyle
-from ..stylestudio.dit_blocks import DIT_PRESETS, flux_blocks, select_dit_blocks
+from ..stylestudio.dit import DiTBlockPatch, DiTStyleWrapper, ImageBranch, ImageStyle, ReduxStyle
+from ..stylestudio.dit_blocks import DIT_PRESETS, DiTBlock, flux_blocks, select_dit_blocks
 from ..stylestudio.patches import SigmaWindow
 from .stylestudio_nodes import PERCENT, schedule_inputs
 
@@ -108,8 +108,7 @@ class StyleStudioCrossAdaINDiT:
     def patch(self, model: Any, positive: list, negative: list, style_model: Any, clip_vision: Any, style_image: Tensor,
               strength: float, layers: str, custom_layers: str, start_percent: float, end_percent: float, teacher: bool,
               teacher_end_percent: float, negative_style_image: Tensor | None = None) -> tuple[Any, list, list]:
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
+        check_window(start_percent, end_percent)
         diffusion_model = model.get_model_object("diffusion_model")
         blocks = flux_blocks(diffusion_model)
         selected = set(select_dit_blocks(blocks, layers, custom_layers))
@@ -120,18 +119,52 @@ class StyleStudioCrossAdaINDiT:
         positive = append_tokens(positive, style.positive)
         negative = append_tokens(negative, style.negative) if style.negative is not None else negative
 
-        patched = model.clone()
         if strength == 0.0:
-            return (patched, positive, negative)  # plain Redux: the lerp's other end, bit for bit
-        sampling = patched.get_model_object("model_sampling")
-        window = SigmaWindow(high=sampling.percent_to_sigma(start_percent), low=sampling.percent_to_sigma(end_percent))
-        replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-        for block in blocks if teacher else selected:
-            patch = DiTBlockPatch(block, strength if block in selected else 0.0, window, replaced.get(block))
-            patched.set_model_patch_replace(patch, "dit", block[0], block[1])
-        end_sigma = sampling.percent_to_sigma(teacher_end_percent) if teacher else None
-        patched.set_model_unet_function_wrapper(DiTStyleWrapper(style, end_sigma, patched.model_options.get("model_function_wrapper")))
+            return (model.clone(), positive, negative)  # plain Redux: the lerp's other end, bit for bit
+        patched = patch_dit_blocks(model, blocks, selected, style, strength, (start_percent, end_percent),
+                                   teacher_end_percent if teacher else None)
         return (patched, positive, negative)
+
+
+def check_window(start_percent: float, end_percent: float) -> None:
+    if start_percent > end_percent:
+        raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
+
+
+class SecondStyleError(PackError, ValueError):
+    """A StyleStudio DiT node applied to a MODEL that already has one."""
+
+
+def refuse_second_style(model: Any) -> None:
+    """One StyleStudio DiT patch per MODEL: a second one's attention override would take the first one's partial
+    attentions (image queries over text keys only, ...) for the block's joint attention and reroute them again."""
+    wrapper = model.model_options.get("model_function_wrapper")
+    while wrapper is not None:
+        if isinstance(wrapper, DiTStyleWrapper):
+            raise SecondStyleError(
+                "This MODEL already carries a StyleStudio (DiT) patch: apply one StyleStudio DiT node per model. For "
+                "several style images, batch them into style_image (Batch Images); they are used together.")
+        wrapper = getattr(wrapper, "previous", None)
+
+
+def patch_dit_blocks(model: Any, blocks: list[DiTBlock], selected: set[DiTBlock], style: ReduxStyle | ImageStyle,
+                     strength: float, window_percent: tuple[float, float], teacher_end_percent: float | None,
+                     branches: dict[DiTBlock, ImageBranch] | None = None) -> Any:
+    """A clone of ``model`` with StyleStudio's block patch on every selected block (every block while a teacher is
+    asked for: it hands over on all of them) and its model wrapper, each chained to what it displaces."""
+    refuse_second_style(model)
+    patched = model.clone()
+    sampling = patched.get_model_object("model_sampling")
+    window = SigmaWindow(high=sampling.percent_to_sigma(window_percent[0]), low=sampling.percent_to_sigma(window_percent[1]))
+    replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
+    branches = branches or {}
+    for block in blocks if teacher_end_percent is not None else [b for b in blocks if b in selected]:
+        chosen = block in selected
+        patch = DiTBlockPatch(block, strength if chosen else 0.0, window, replaced.get(block), branches.get(block) if chosen else None)
+        patched.set_model_patch_replace(patch, "dit", block[0], block[1])
+    end_sigma = sampling.percent_to_sigma(teacher_end_percent) if teacher_end_percent is not None else None
+    patched.set_model_unet_function_wrapper(DiTStyleWrapper(style, end_sigma, patched.model_options.get("model_function_wrapper")))
+    return patched
 
 
 NODE_CLASS_MAPPINGS = {"StyleStudioCrossAdaINDiT": StyleStudioCrossAdaINDiT}

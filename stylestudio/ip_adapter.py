@@ -12,6 +12,7 @@ layer's position among diffusers' attention processors (attn1 even, attn2 odd; d
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -204,29 +205,51 @@ def project_image_features(weights: IPAdapterWeights, features: Tensor) -> Tenso
     p = {k: v.to(features.device, torch.float32) for k, v in weights.image_proj.items()}
     x = features.float()
     if not weights.uses_hidden_states:
-        width = p["norm.weight"].shape[0]
-        tokens = F.linear(x, p["proj.weight"], p["proj.bias"]).reshape(x.shape[0], -1, width)
-        return F.layer_norm(tokens, (width,), p["norm.weight"], p["norm.bias"], _LN_EPS)
-    return _resample(p, x)
+        return norm_tokens(F.linear(x, p["proj.weight"], p["proj.bias"]), p["norm.weight"], p["norm.bias"])
+    return perceiver_resample(p, x)
 
 
-def _resample(p: dict[str, Tensor], x: Tensor) -> Tensor:
-    """Perceiver resampler: learned queries cross-attend to the image patches and to themselves."""
+def norm_tokens(flat: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> Tensor:
+    """``(images, N * C)`` -> ``(images, N, C)`` layer-normed tokens: how every linear or MLP image projection ends."""
+    width = norm_weight.shape[0]
+    return F.layer_norm(flat.reshape(flat.shape[0], -1, width), (width,), norm_weight, norm_bias, _LN_EPS)
+
+
+def perceiver_resample(p: dict[str, Tensor], x: Tensor, time_emb: Tensor | None = None) -> Tensor:
+    """Perceiver resampler: learned queries cross-attend to the image patches and to themselves.
+
+    With ``time_emb`` ``(batch, width)`` it is SD3.5's timestep-conditioned Resampler (InstantX): the
+    embedding is added to the projected patches, and each layer modulates its queries and its
+    feed-forward input with a shift/scale it projects from the embedding (``layers.i.2.1``).
+    """
     depth = len({k.split(".")[1] for k in p if k.startswith("layers.")})
     x = F.linear(x, p["proj_in.weight"], p["proj_in.bias"])
+    if time_emb is not None:
+        x = x + time_emb[:, None]
     latents = p["latents"].expand(x.shape[0], -1, -1)
     width = latents.shape[-1]
     for i in range(depth):
         w = {k[len(f"layers.{i}."):]: v for k, v in p.items() if k.startswith(f"layers.{i}.")}
+        modulate = _time_modulation(w, time_emb)
         media = F.layer_norm(x, (width,), w["0.norm1.weight"], w["0.norm1.bias"], _LN_EPS)
-        queries = F.layer_norm(latents, (width,), w["0.norm2.weight"], w["0.norm2.bias"], _LN_EPS)
+        queries = modulate(F.layer_norm(latents, (width,), w["0.norm2.weight"], w["0.norm2.bias"], _LN_EPS), 0)
         q = F.linear(queries, w["0.to_q.weight"])
         k, v = F.linear(torch.cat([media, queries], dim=1), w["0.to_kv.weight"]).chunk(2, dim=-1)
         heads = q.shape[-1] // _RESAMPLER_DIM_HEAD
         split = lambda t: t.unflatten(-1, (heads, _RESAMPLER_DIM_HEAD)).transpose(1, 2)
         attended = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
         latents = latents + F.linear(attended, w["0.to_out.weight"])
-        hidden = F.layer_norm(latents, (width,), w["1.0.weight"], w["1.0.bias"], _LN_EPS)
+        hidden = modulate(F.layer_norm(latents, (width,), w["1.0.weight"], w["1.0.bias"], _LN_EPS), 1)
         latents = latents + F.linear(F.gelu(F.linear(hidden, w["1.1.weight"])), w["1.3.weight"])
     out = F.linear(latents, p["proj_out.weight"], p["proj_out.bias"])
     return F.layer_norm(out, (out.shape[-1],), p["norm_out.weight"], p["norm_out.bias"], _LN_EPS)
+
+
+def _time_modulation(w: dict[str, Tensor], time_emb: Tensor | None) -> Callable[[Tensor, int], Tensor]:
+    """``modulate(x, part)``: ``x · (1 + scale) + shift`` with part 0 (attention queries) or 1 (feed-forward);
+    the identity without a time embedding."""
+    if time_emb is None:
+        return lambda x, part: x
+    shift_attn, scale_attn, shift_ff, scale_ff = F.linear(F.silu(time_emb), w["2.1.weight"], w["2.1.bias"]).chunk(4, dim=-1)
+    pairs = ((shift_attn, scale_attn), (shift_ff, scale_ff))
+    return lambda x, part: torch.addcmul(pairs[part][0][:, None], x, 1 + pairs[part][1][:, None])

@@ -74,7 +74,8 @@ class StyleKV:
     """One layer's style keys/values ``(1, tokens, inner_dim)`` for the positive and negative halves.
 
     Attention runs on the UNet's device and dtype; the copies made there are kept per
-    ``(device, dtype)``, so a sampling step attends without copying from the CPU again.
+    ``(device, dtype)``, so a sampling step attends without copying from the CPU again, and halves
+    that share a tensor (no negative style image) share its copy.
     """
 
     k_pos: Tensor
@@ -86,7 +87,11 @@ class StyleKV:
     def for_half(self, cond_or_uncond: int, like: Tensor) -> tuple[Tensor, Tensor]:
         key = (like.device, like.dtype)
         if key not in self.copies:
-            self.copies[key] = tuple(t.to(like.device, like.dtype) for t in (self.k_pos, self.v_pos, self.k_neg, self.v_neg))
+            moved: dict[int, Tensor] = {}  # without a negative image the halves share tensors: one copy each
+            for t in (self.k_pos, self.v_pos, self.k_neg, self.v_neg):
+                if id(t) not in moved:
+                    moved[id(t)] = t.to(like.device, like.dtype)
+            self.copies[key] = tuple(moved[id(t)] for t in (self.k_pos, self.v_pos, self.k_neg, self.v_neg))
         k_pos, v_pos, k_neg, v_neg = self.copies[key]
         return (k_neg, v_neg) if cond_or_uncond == NEGATIVE else (k_pos, v_pos)
 

@@ -78,3 +78,41 @@ def test_siglip_takes_comfyuis_text_encoder_dtype_on_a_gpu_and_bf16_or_fp32_when
     bf16 = _Owner(torch.nn.Linear(3, 2))
     comfy_bridge.load_model(bf16, bf16.model, "differentiable encoder")
     assert bf16.model.weight.dtype == torch.bfloat16
+
+
+class _Model:
+    """A MODEL's ModelPatcher reduced to what ``attach_model`` reads and calls."""
+
+    def __init__(self, weight_dtype: torch.dtype, manual_cast_dtype: torch.dtype | None):
+        self.model = types.SimpleNamespace(manual_cast_dtype=manual_cast_dtype)
+        self.weight_dtype, self.additional = weight_dtype, {}
+        self.load_device, self.offload_device = torch.device("cuda", 0), torch.device("cpu")
+
+    def model_dtype(self) -> torch.dtype:
+        return self.weight_dtype
+
+    def set_additional_models(self, key: str, models: list) -> None:
+        self.additional[key] = models
+
+    def get_additional_models_with_key(self, key: str) -> list:
+        return self.additional.get(key, [])
+
+
+def test_attached_weights_join_the_models_additional_models_in_its_compute_dtype(fake_comfy):
+    module, fp8_model, bf16_model = torch.nn.Linear(3, 2), _Model(torch.float8_e4m3fn, torch.bfloat16), _Model(torch.float16, None)
+    comfy_bridge.attach_model(fp8_model, module, "ours")
+    (patcher,) = fp8_model.additional["ours"]
+    assert patcher.model.module is module and type(patcher.model).__name__ == "Linear"  # ComfyUI logs "Requested to load Linear"
+    assert (patcher.load_device, patcher.offload_device) == (torch.device("cuda", 0), torch.device("cpu"))  # the MODEL's
+    assert module.weight.dtype == torch.bfloat16 and module.weight.device.type == "cpu"  # fp8 weights compute in bf16
+    comfy_bridge.attach_model(bf16_model, module, "ours")
+    assert module.weight.dtype == torch.float16 and not fake_comfy  # attached, not loaded: sampling loads it with the MODEL
+    second = torch.nn.Linear(3, 2)
+    comfy_bridge.attach_model(fp8_model, second, "ours")  # a second node of ours on the same MODEL keeps the first's
+    assert [p.model.module for p in fp8_model.additional["ours"]] == [module, second]
+
+
+def test_outside_comfyui_attached_weights_stay_as_they_are():
+    module, model = torch.nn.Linear(3, 2), _Model(torch.float16, None)
+    comfy_bridge.attach_model(model, module, "ours")
+    assert module.weight.dtype == torch.float32 and not model.additional

@@ -123,7 +123,7 @@ def test_block_presets_on_flux_1():
 def test_other_families_get_an_error_naming_what_fits():
     mmdit, unet = nn.Module(), nn.Module()
     mmdit.joint_blocks, unet.input_blocks = nn.ModuleList(), nn.ModuleList()
-    with pytest.raises(UnsupportedDiTError, match="SD3/SD3.5 .MM-DiT. models are not supported yet"):
+    with pytest.raises(UnsupportedDiTError, match="SD3/SD3.5 takes its style from InstantX.s SD3.5-Large IP-Adapter"):
         flux_blocks(mmdit)
     with pytest.raises(UnsupportedDiTError, match="for SD1.5/SDXL UNet models use the StyleStudio Cross-Modal AdaIN node"):
         flux_blocks(unet)

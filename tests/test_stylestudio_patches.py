@@ -265,3 +265,16 @@ def test_models_without_unet_cross_attention_are_refused_with_the_supported_list
     no_cross.input_blocks, no_cross.output_blocks = nn.ModuleList(), nn.ModuleList([nn.Sequential(nn.Identity())])
     with pytest.raises(UnsupportedModelError, match="no cross-attention"):
         unet_cross_attention_layers(no_cross)
+
+
+def test_style_kv_copies_each_tensor_once_per_device_and_dtype_and_shares_the_halves_it_shares():
+    k, v = torch.randn(1, 3, INNER), torch.randn(1, 3, INNER)
+    shared = StyleKV(k, v, k, v)  # no negative style image: both halves are the same tensors
+    like = torch.zeros(1, dtype=torch.float64)
+    k_pos, v_pos = shared.for_half(0, like)
+    k_neg, v_neg = shared.for_half(1, like)
+    assert k_pos is k_neg and v_pos is v_neg and k_pos.dtype == torch.float64
+    torch.testing.assert_close(k_pos, k.double(), rtol=0, atol=0)
+    assert shared.for_half(0, like)[0] is k_pos  # the copy is kept for the next step
+    separate = StyleKV(k, v, k.clone(), v.clone())
+    assert separate.for_half(0, like)[0] is not separate.for_half(1, like)[0]

@@ -50,6 +50,11 @@ RECIPES: dict[str, tuple[str, ...]] = {
         "1.unet_name=flux1_standin.safetensors", "3.vae_name=flux_ae_standin.safetensors",
         "4.style_model_name=flux1_redux_standin.safetensors", "5.clip_name=sigclip_vision_384_standin.safetensors",
         "11.width=64", "11.height=64", "12.steps=2"),
+    # Twin as above; an XLabs-layout adapter for the stand-in's one double block, reading the CLIP ViT-L stand-in.
+    "stylestudio_flux_ipadapter.json": (
+        "1.unet_name=flux1_standin.safetensors", "3.vae_name=flux_ae_standin.safetensors",
+        "4.clip_name=clip_vision_vitl_standin.safetensors", "9.ipadapter_file=flux-ip-adapter_standin.safetensors",
+        "10.width=64", "10.height=64", "11.steps=2"),
 }
 FILE_VALUE = re.compile(r"\.(safetensors|bin|ckpt|pt|pth|png|jpe?g)$", re.IGNORECASE)
 #: ComfyUI's warnings when a file lacks weights its detected model has: a stand-in must never trigger them.
@@ -151,7 +156,8 @@ def flux_text_stand_in(workflow: dict) -> None:
 
 
 #: Workflows that run as a twin: the saved graph with a part too large for CI swapped (see RECIPES' comments).
-TWINS: dict[str, Callable[[dict], None]] = {"stylestudio_flux_redux.json": flux_text_stand_in}
+TWINS: dict[str, Callable[[dict], None]] = {"stylestudio_flux_redux.json": flux_text_stand_in,
+                                            "stylestudio_flux_ipadapter.json": flux_text_stand_in}
 
 
 def test_pack_imports_without_error(comfy_server) -> None:
@@ -213,6 +219,7 @@ class BadInput:
     expected: tuple[str, ...]
     overrides: tuple[str, ...] = ()
     change: Callable[[dict], None] | None = None  # edits the workflow's graph
+    workflow: str = "text_style_transfer.json"  # the one it breaks (a TWINS workflow runs as its twin)
 
 
 BAD_INPUTS = [
@@ -225,6 +232,8 @@ BAD_INPUTS = [
              ('6.temporal="across frames"',)),
     BadInput("not a StyleMamba file", "LoadStyleMamba", ("not_stylemamba.safetensors", "not a StyleMamba checkpoint"),
              ("4.checkpoint=not_stylemamba.safetensors",)),
+    BadInput("SD1.5 IP-Adapter on Flux", "StyleStudioCrossAdaINDiTIPAdapter", ("IP-Adapter for SD1.5 UNets", "XLabs flux-ip-adapter"),
+             ("9.ipadapter_file=ip-adapter_sd15_standin.safetensors",), workflow="stylestudio_flux_ipadapter.json"),
 ]
 
 
@@ -242,8 +251,9 @@ def foreign_checkpoint(comfy_server) -> Path:
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.name for b in BAD_INPUTS])
 def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpoint: Path,
                                                    bad: BadInput, tmp_path: Path, tier_report: list[str]) -> None:
-    base = "text_style_transfer.json"
-    workflow = edited(tmp_path, base, bad.change) if bad.change else REPO / "workflows" / base
+    base = bad.workflow
+    changes = [change for change in (TWINS.get(base), bad.change) if change is not None]
+    workflow = edited(tmp_path, base, lambda graph: [change(graph) for change in changes]) if changes else REPO / "workflows" / base
     result = queue(comfy_server, workflow, (*RECIPES[base], *bad.overrides))
     assert not result.ok, f"{bad.name} was accepted: {result.line}"
     error = result.error

@@ -19,7 +19,8 @@ groups (flat keys in .safetensors, nested dicts in .bin) and CSGO's ``style_imag
 Flux.1: ComfyUI reads only the block counts of a Flux file (width 3072, 4096-d text, 24 heads are fixed), so the
 stand-in keeps one double and one single block (0.55 G parameters instead of 12 G) in the released unprefixed
 layout, with a 16-channel ldm VAE (``ae``, no quant convs), Redux at its one size and SigLIP so400m/384 (fixed
-by its 27 layers and 729 positions) in the Hugging Face layout. The T5-XXL text encoder (4.7 G, fixed) has no
+by its 27 layers and 729 positions) in the Hugging Face layout, and an XLabs flux-ip-adapter for that one double
+block (full width, reading the CLIP ViT-L stand-in). The T5-XXL text encoder (4.7 G, fixed) has no
 stand-in: the test swaps it for ``tests/comfyui/standin_nodes`` (see ``test_server.py``).
 """
 
@@ -165,6 +166,8 @@ def write_flux(models: Path) -> dict:
     start = time.perf_counter()
     flux = random_weights(flux_shapes(), 8)
     detected = comfy.model_detection.model_config_from_unet(flux, "")
+    xlabs = xlabs_flux_ip_adapter(torch.Generator().manual_seed(12), FLUX["hidden_size"], FLUX["context_in_dim"],
+                                  CLIP_VISION["projection_dim"], doubles=FLUX["depth"])
     return {"files": {
         "diffusion_models": [write(models / "diffusion_models" / "flux1_standin.safetensors", flux)],
         "style_models": [write(models / "style_models" / "flux1_redux_standin.safetensors",
@@ -172,6 +175,7 @@ def write_flux(models: Path) -> dict:
         "clip_vision": [write(models / "clip_vision" / "sigclip_vision_384_standin.safetensors",
                               random_weights(siglip_shapes(), 10))],
         "vae": [write(models / "vae" / "flux_ae_standin.safetensors", random_weights(flux_vae_shapes(), 11))],
+        "ipadapter": [write(models / "ipadapter" / "flux-ip-adapter_standin.safetensors", {k: v.half() for k, v in xlabs.items()})],
     }, "flux_detected_as": type(detected).__name__ if detected else None,
         "flux_parameters": sum(v.numel() for v in flux.values()), "flux_seconds": round(time.perf_counter() - start, 1)}
 
@@ -246,6 +250,33 @@ def ip_layers(generator: torch.Generator, unet: dict[str, torch.Size]) -> dict[s
         for which in "kv":
             out[f"{2 * i + 1}.to_{which}_ip.weight"] = torch.randn(inner, CONTEXT_DIM, generator=generator) / math.sqrt(CONTEXT_DIM)
     return out
+
+
+def xlabs_flux_ip_adapter(generator: torch.Generator, width: int, token_width: int, clip_width: int, doubles: int,
+                          tokens: int = 4) -> dict[str, torch.Tensor]:
+    """XLabs flux-ip-adapter, flat keys as its .safetensors stores them: ImageProjModel over CLIP ViT-L image_embeds,
+    and biased K/V projections in every double block's processor."""
+    rand = lambda *shape: torch.randn(*shape, generator=generator) / math.sqrt(shape[-1])
+    state = {"ip_adapter_proj_model.proj.weight": rand(tokens * token_width, clip_width),
+             "ip_adapter_proj_model.proj.bias": torch.zeros(tokens * token_width),
+             "ip_adapter_proj_model.norm.weight": torch.ones(token_width), "ip_adapter_proj_model.norm.bias": torch.zeros(token_width)}
+    for i in range(doubles):
+        for which in "kv":
+            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{which}_proj.weight"] = rand(width, token_width)
+            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{which}_proj.bias"] = torch.zeros(width)
+    return state
+
+
+def instantx_flux_ip_adapter(generator: torch.Generator, width: int, token_width: int, clip_width: int, blocks: int,
+                             tokens: int) -> dict[str, dict[str, torch.Tensor]]:
+    """InstantX FLUX.1-dev-IP-Adapter, nested groups as its ip-adapter.bin stores them: an MLP over SigLIP image_embeds
+    (released: 128 tokens) and unbiased to_k_ip/to_v_ip for every double, then single block."""
+    rand = lambda *shape: torch.randn(*shape, generator=generator) / math.sqrt(shape[-1])
+    image_proj = {"proj.0.weight": rand(2 * clip_width, clip_width), "proj.0.bias": torch.zeros(2 * clip_width),
+                  "proj.2.weight": rand(tokens * token_width, 2 * clip_width), "proj.2.bias": torch.zeros(tokens * token_width),
+                  "norm.weight": torch.ones(token_width), "norm.bias": torch.zeros(token_width)}
+    layers = {f"{n}.to_{which}_ip.weight": rand(width, token_width) for n in range(blocks) for which in "kv"}
+    return {"image_proj": image_proj, "ip_adapter": layers}
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor]) -> str:

@@ -131,6 +131,13 @@ def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def adain_statistics(base) -> dict:
     """Record every cross-modal AdaIN call in the real blocks: shapes, and how far its output's statistics are from the style's."""
+    model, positive, negative = patch(base, layers="custom", custom="1, 5")  # double block 1 and single block 3
+    return recorded_adain(lambda: sample(model, positive, negative))[0]
+
+
+def recorded_adain(run) -> tuple[dict, torch.Tensor]:
+    """``run()``'s result, and a summary of every cross-modal AdaIN call it made: shapes, and how far each output's
+    per-channel statistics are from the style's (and the text's from the style's, to show they moved)."""
     calls = []
     original = dit.cross_modal_adain
 
@@ -143,13 +150,12 @@ def adain_statistics(base) -> dict:
 
     dit.cross_modal_adain = recorder
     try:
-        model, positive, negative = patch(base, layers="custom", custom="1, 5")  # double block 1 and single block 3
-        sample(model, positive, negative)
+        result = run()
     finally:
         dit.cross_modal_adain = original
     return {"calls": len(calls), "shapes": sorted({str(c["shape"]) for c in calls}),
             "max_mean_error": max(c["mean_error"] for c in calls), "max_std_error": max(c["std_error"] for c in calls),
-            "min_text_vs_style_mean": min(c["text_vs_style_mean"] for c in calls)}
+            "min_text_vs_style_mean": min(c["text_vs_style_mean"] for c in calls)}, result
 
 
 def teacher_handover(base) -> dict:
@@ -196,14 +202,16 @@ def teacher_handover(base) -> dict:
             "max_teacher_vs_text_only_pass": max(matches), "max_formula_error": max(h["error"] for h in handed)}
 
 
-def errors() -> dict:
-    def message(call) -> str:
-        try:
-            call()
-        except Exception as error:  # noqa: BLE001 - the probe reports what the user would read
-            return f"{type(error).__name__}: {error}"
-        return "no error"
+def message(call) -> str:
+    """What ``call()`` raised, as the user would read it (``"no error"`` if nothing)."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the probe reports what the user would read
+        return f"{type(error).__name__}: {error}"
+    return "no error"
 
+
+def errors() -> dict:
     flux = tiny_flux()
     return {
         "sdxl_model": message(lambda: patch(tiny_unet("SDXL"))),
