@@ -3,8 +3,9 @@
 Thin adapter: the file comes from ``models/ipadapter`` through ``comfy_bridge``, the adapter's layout from
 ``stylestudio.flux_ip_adapter.load_dit_adapter`` (XLabs and InstantX Flux; InstantX SD3.5 registers there from
 ``stylestudio.sd3_ip_adapter``, imported here for that), and the
-block patches are the Redux node's, each given the adapter's branch for its block. Weights the branches read every
-step (SD3.5's) go to ComfyUI's model management with the patched MODEL (``comfy_bridge.attach_model``). comfy is not imported.
+block patches are the Redux node's, each given the adapter's branch for its block. What the branches read every step
+(SD3.5's weights, the Flux adapters' keys/values of the style images) goes to ComfyUI's model management with the patched
+MODEL (``comfy_bridge.attach_model``). comfy is not imported.
 """
 
 from typing import Any

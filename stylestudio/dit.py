@@ -47,7 +47,8 @@ from torch import Tensor
 
 from .adain import cross_modal_adain
 from .dit_blocks import DiTBlock
-from .patches import NEGATIVE, TEACHER_KEY, ChainedPatch, SigmaWindow, StyleKV, TeacherHandover
+from .patches import NEGATIVE, TEACHER_KEY, ChainedPatch, SigmaWindow, TeacherHandover
+from .tensor_group import TensorGroup
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D) -> (B, H, Lq, D)
 ImageKV = Callable[[int, slice, dict[str, Any], Tensor], tuple[Tensor, Tensor]]
@@ -207,15 +208,24 @@ class ImageStyle:
 
 @dataclass(frozen=True, eq=False)
 class FixedImageKV:
-    """``ImageKV`` for adapters whose keys/values depend only on the image (XLabs, InstantX Flux): projected once."""
+    """``ImageKV`` for adapters whose keys/values depend only on the image (XLabs, InstantX Flux): projected once per prompt.
 
-    style: StyleKV
+    ``group`` holds one block's ``k``/``v`` ``(1, N, heads * D)`` and, when a negative style image was given, ``k_neg``/
+    ``v_neg``; without them the unconditional half reads the positive tensors (one copy). The keys/values are read
+    wherever ComfyUI's model management put the group (see ``TensorGroup``), cast only if they are not there already.
+    """
+
+    group: TensorGroup
+
+    @classmethod
+    def holding(cls, k: Tensor, v: Tensor, negative: tuple[Tensor, Tensor] | None = None) -> "FixedImageKV":
+        """The positive keys/values and the negative ``(k, v)``; ``negative`` None: the unconditional half shares the positive."""
+        return cls(TensorGroup({"k": k, "v": v} if negative is None else {"k": k, "v": v, "k_neg": negative[0], "v_neg": negative[1]}))
 
     def __call__(self, half: int, rows: slice, args: dict[str, Any], like: Tensor) -> tuple[Tensor, Tensor]:
-        return self.style.for_half(half, like)
-
-    def keep_only(self, device: torch.device) -> None:
-        self.style.keep_only(device)
+        tensors = self.group.tensors()
+        suffix = "_neg" if half == NEGATIVE and "k_neg" in tensors else ""
+        return tensors["k" + suffix].to(like.device, like.dtype), tensors["v" + suffix].to(like.device, like.dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -369,12 +379,6 @@ class DiTBlockPatch(ChainedPatch):
                                   args["img"].shape[1] if isinstance(args.get("img"), Tensor) else None)
         out = self._run({**args, "transformer_options": {**options, "optimized_attention_override": override}}, extra)
         return out if branch is None else branch.add_to_stream(out, batch.txt_len, self.block[0] == "single_block")
-
-    def to(self, device_or_dtype: torch.device | torch.dtype) -> ChainedPatch:
-        keep_only = getattr(self.branch.kv, "keep_only", None) if self.branch is not None else None
-        if keep_only is not None and isinstance(device_or_dtype, torch.device):
-            keep_only(device_or_dtype)
-        return super().to(device_or_dtype)
 
     def _run(self, args: dict[str, Any], extra: dict[str, Any]) -> dict[str, Tensor]:
         if self.previous is not None:

@@ -21,7 +21,7 @@ Two public layouts (key names and formulas as diffusers' Flux IP-Adapter loader 
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -31,7 +31,6 @@ from torch import Tensor, nn
 from .dit import ATTENTION, RESIDUAL, FixedImageKV, ImageBranch
 from .dit_blocks import DiTBlock, flux_blocks
 from .ip_adapter import IPAdapterError, norm_tokens, parse_ip_adapter, read_state_dict
-from .patches import StyleKV
 
 Groups = dict[str, dict[str, Tensor]]  # read_state_dict's {top-level group: {rest of the key: tensor}}
 
@@ -64,9 +63,9 @@ class DiTAdapter(Protocol):
 
     @property
     def sampling_weights(self) -> nn.Module | None:
-        """The weights the branches read on the model's device every step, as one module the node has ComfyUI load with the
-        MODEL (InstantX SD3.5: its Resampler and per-block projections); None where the branches hold only small,
-        precomputed keys/values."""
+        """The tensors the branches read on the model's device every step, as one module the node has ComfyUI load, count and
+        offload with the MODEL (InstantX SD3.5: its Resampler and per-block projections; Flux: every block's keys/values of
+        the style images, which ``branches`` makes); None while there is nothing to load (Flux, before ``branches``)."""
 
 
 Recognise = Callable[[Groups], bool]
@@ -115,14 +114,28 @@ XLABS = FluxLayout("xlabs-flux", CLIP_VIT_L, RESIDUAL, single_blocks=False, rms_
 INSTANTX = FluxLayout("instantx-flux", SIGLIP, ATTENTION, single_blocks=True, rms_kv=True)
 
 
-@dataclass(frozen=True)
+class FluxStyleKV(nn.Module):
+    """Every block's style keys/values of one prompt, one ``TensorGroup`` per block (the unit ComfyUI's low-VRAM mode loads or
+    leaves offloaded): InstantX's 57 blocks × (K, V) × 128 tokens × 3072 are 90 MB per style image in bf16, which ComfyUI
+    counts, loads with the MODEL and offloads like the MODEL's own weights."""
+
+    def __init__(self, blocks: list[FixedImageKV]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(kv.group for kv in blocks)
+
+
+@dataclass(eq=False)
 class FluxIPAdapter:
-    """A validated Flux IP-Adapter: its image projection and per-block key/value weights (and biases, XLabs)."""
+    """A validated Flux IP-Adapter: its image projection and per-block key/value weights (and biases, XLabs).
+
+    ``sampling_weights``: the keys/values the last ``branches`` call projected (its branches read them), None before.
+    """
 
     name: str
     kind: FluxLayout
     image_proj: dict[str, Tensor]
     blocks: list[tuple[Tensor, Tensor | None, Tensor, Tensor | None]]  # k weight, k bias, v weight, v bias
+    sampling_weights: FluxStyleKV | None = field(default=None, init=False, repr=False)
 
     @property
     def layout(self) -> str:
@@ -144,11 +157,6 @@ class FluxIPAdapter:
 
     def model_blocks(self, diffusion_model: nn.Module) -> list[DiTBlock]:
         return flux_blocks(diffusion_model)
-
-    @property
-    def sampling_weights(self) -> None:
-        """None: ``branches`` projects the keys/values once (``FixedImageKV``); a step only attends to them."""
-        return None
 
     def check_model(self, diffusion_model: nn.Module) -> None:
         blocks = flux_blocks(diffusion_model)
@@ -177,19 +185,22 @@ class FluxIPAdapter:
         return norm_tokens(flat, p["norm.weight"], p["norm.bias"]).flatten(0, 1).unsqueeze(0)
 
     def branches(self, positive: Tensor, negative: Tensor, diffusion_model: nn.Module) -> dict[DiTBlock, ImageBranch]:
-        """Project both token sets once per block (float32, on the CPU): sampling steps only attend."""
+        """Project both token sets once per block (float32, on the CPU) into ``sampling_weights``: sampling steps only attend
+        to them, wherever ComfyUI put them. ``negative is positive`` (no negative style image): projected once, shared."""
         self.check_model(diffusion_model)
         head_dim = diffusion_model.hidden_size // diffusion_model.num_heads
-        out = {}
-        for block, (k_w, k_b, v_w, v_b) in zip(flux_blocks(diffusion_model), self.blocks):
-            k_pos, v_pos = self._project(positive, k_w, k_b, head_dim), self._project(positive, v_w, v_b, head_dim)
-            if negative is positive:  # no negative style image: project once
-                k_neg, v_neg = k_pos, v_pos
-            else:
-                k_neg, v_neg = self._project(negative, k_w, k_b, head_dim), self._project(negative, v_w, v_b, head_dim)
-            text_rows = self.kind.into == ATTENTION and block[0] == "single_block"
-            out[block] = ImageBranch(FixedImageKV(StyleKV(k_pos, v_pos, k_neg, v_neg)), self.kind.into, text_rows)
-        return out
+        kvs = {}
+        for block, weights in zip(flux_blocks(diffusion_model), self.blocks):
+            k, v = self._keys_values(positive, weights, head_dim)
+            kvs[block] = FixedImageKV.holding(k, v, None if negative is positive else self._keys_values(negative, weights, head_dim))
+        self.sampling_weights = FluxStyleKV(list(kvs.values()))
+        return {block: ImageBranch(kv, self.kind.into, text_rows=self.kind.into == ATTENTION and block[0] == "single_block")
+                for block, kv in kvs.items()}
+
+    def _keys_values(self, tokens: Tensor, weights: tuple[Tensor, Tensor | None, Tensor, Tensor | None],
+                     head_dim: int) -> tuple[Tensor, Tensor]:
+        k_w, k_b, v_w, v_b = weights
+        return self._project(tokens, k_w, k_b, head_dim), self._project(tokens, v_w, v_b, head_dim)
 
     def _project(self, tokens: Tensor, weight: Tensor, bias: Tensor | None, head_dim: int) -> Tensor:
         x = F.linear(tokens.float(), weight.float(), None if bias is None else bias.float())

@@ -39,6 +39,7 @@ from .dit_blocks import DiTBlock, mmdit_blocks
 from .flux_ip_adapter import register_dit_adapter
 from .ip_adapter import IPAdapterError, perceiver_resample
 from .patches import NEGATIVE
+from .tensor_group import TensorGroup
 
 Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D) -> (B, H, Lq, D)
 
@@ -235,21 +236,6 @@ def ip_branch(q_img: Tensor, k_img: Tensor, v_img: Tensor, k_ip: Tensor, v_ip: T
     k_ip, v_ip = k_ip.to(q.dtype), v_ip.to(q.dtype)
     branch = attend(q, torch.cat((k, k_ip), dim=2), torch.cat((v_img, v_ip), dim=2))
     return branch, attend(q, k_ip, v_ip)
-
-
-class TensorGroup(nn.Module):
-    """Named tensors as one leaf module's frozen parameters: the unit ComfyUI moves, and in low-VRAM mode loads or leaves
-    on the offload device (a buffer-only module would never be moved by a partial load)."""
-
-    def __init__(self, tensors: dict[str, Tensor]) -> None:
-        super().__init__()
-        self.names = {key: key.replace(".", "_") for key in tensors}
-        for key, tensor in tensors.items():
-            self.register_parameter(self.names[key], nn.Parameter(tensor, requires_grad=False))
-
-    def tensors(self) -> dict[str, Tensor]:
-        """The tensors by their file key, wherever ComfyUI has put them now."""
-        return {key: getattr(self, name) for key, name in self.names.items()}
 
 
 class SD3Weights(nn.Module):

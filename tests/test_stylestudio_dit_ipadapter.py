@@ -16,7 +16,7 @@ from comfyui_stylemamba.stylestudio.dit import (ATTENTION, RESIDUAL, STYLE_KEY, 
                                                 cross_mass, sdpa, unrope)
 from comfyui_stylemamba.stylestudio.flux_ip_adapter import load_dit_adapter
 from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterError
-from comfyui_stylemamba.stylestudio.patches import TEACHER_KEY, SigmaWindow, StyleKV, TeacherHandover
+from comfyui_stylemamba.stylestudio.patches import TEACHER_KEY, SigmaWindow, TeacherHandover
 
 B, H, D, TXT, IMG, N = 2, 2, 8, 5, 12, 3  # batch, heads, head width, text tokens, image tokens, IP tokens
 WIDTH, TOKEN_WIDTH = H * D, 12  # model width, IP token width
@@ -79,7 +79,7 @@ def test_the_xlabs_branch_is_diffusers_flux_ip_adapter_output():
         *_, expected = attention.processor(attention, img, txt, image_rotary_emb=(cos, sin), ip_hidden_states=[tokens])
         processor = attention.processor
         k, v = processor.to_k_ip[0](tokens), processor.to_v_ip[0](tokens)
-        branch = ImageBranch(FixedImageKV(StyleKV(k, v, k, v)), RESIDUAL)
+        branch = ImageBranch(FixedImageKV.holding(k, v), RESIDUAL)
         query = joint_query(attention, img, txt, pe)
         ours, style = BranchCall(branch, {"pe": pe}, [0]).attention(query, query, query, TXT, sdpa)
     assert ours.shape == (1, H, IMG, D)
@@ -95,7 +95,7 @@ def test_each_half_attends_to_its_own_image_and_the_query_is_taken_before_rope()
     q = randn(B, H, TXT + IMG, D, seed=5)
     _, _, pe = rope_tables(TXT + IMG)
     k_pos, v_pos, k_neg, v_neg = (randn(1, N, WIDTH, seed=s) for s in (6, 7, 8, 9))
-    branch = ImageBranch(FixedImageKV(StyleKV(k_pos, v_pos, k_neg, v_neg)), ATTENTION, text_rows=True)
+    branch = ImageBranch(FixedImageKV.holding(k_pos, v_pos, (k_neg, v_neg)), ATTENTION, text_rows=True)
     roped = comfy_rope(q, pe)
     out, _ = BranchCall(branch, {"pe": pe}, [0, 1]).attention(roped, roped, roped, 0, sdpa)
     split = lambda t: t.unflatten(-1, (H, D)).transpose(1, 2)
@@ -155,7 +155,7 @@ def test_the_block_patch_adds_the_plain_branch_where_each_adapter_does_and_repla
     q, k, v = (randn(B, H, TXT + IMG, D, seed=s) for s in (16, 17, 18))
     _, _, pe = rope_tables(TXT + IMG)
     k_ip, v_ip = randn(1, N, WIDTH, seed=19), randn(1, N, WIDTH, seed=20) + 3
-    kv = FixedImageKV(StyleKV(k_ip, v_ip, k_ip, v_ip))
+    kv = FixedImageKV.holding(k_ip, v_ip)
     merged = lambda t: t.transpose(1, 2).flatten(2)
     ip_all = merged(sdpa(unrope(q, pe), *(t.unflatten(-1, (H, D)).transpose(1, 2).expand(B, -1, -1, -1) for t in (k_ip, v_ip))))
     plain = raw_attention(q, k, v, H)
@@ -183,7 +183,7 @@ def test_outside_the_window_the_adapter_is_plain_and_style_cfg_uses_the_negative
     q, k, v = (randn(B, H, TXT + IMG, D, seed=s) for s in (21, 22, 23))
     _, _, pe = rope_tables(TXT + IMG)
     k_pos, v_pos, k_neg, v_neg = (randn(1, N, WIDTH, seed=s) for s in (24, 25, 26, 27))
-    branch = ImageBranch(FixedImageKV(StyleKV(k_pos, v_pos, k_neg, v_neg)), ATTENTION)
+    branch = ImageBranch(FixedImageKV.holding(k_pos, v_pos, (k_neg, v_neg)), ATTENTION)
     window = SigmaWindow(high=1.0, low=0.5)
     styled, plain = DiTBlockPatch(("double_block", 1), 1.0, window, branch=branch), DiTBlockPatch(("double_block", 1), 0.0, window, branch=branch)
     run = lambda patch, sigma, halves: patch(block_args(q, k, v, pe, halves, sigma), {"original_block": fake_block("double_block")})["img"]
@@ -282,6 +282,33 @@ def test_instantx_bin_normalises_keys_and_values_per_head_and_covers_the_single_
     layer = state["ip_adapter"]
     assert torch.allclose(k, rms_heads(tokens @ layer["2.to_k_ip.weight"].T), atol=1e-5)
     assert torch.allclose(v, rms_heads(tokens @ layer["2.to_v_ip.weight"].T), atol=1e-5)
+
+
+def test_the_keys_values_are_one_module_read_where_it_is_put_and_shared_by_the_halves_without_a_negative_image(tmp_path):
+    state = instantx_state()
+    torch.save(state, tmp_path / "ip-adapter.bin")
+    adapter = load_dit_adapter(str(tmp_path / "ip-adapter.bin"))
+    assert adapter.sampling_weights is None  # nothing projected yet
+    embeds = torch.randn(2, 14, generator=torch.Generator().manual_seed(34))
+    style, negative = adapter.tokens({"image_embeds": embeds[:1]}), adapter.tokens({"image_embeds": embeds[1:]})
+    branches = adapter.branches(style, style, TinyFlux())
+    module = adapter.sampling_weights
+    kv_bytes = 5 * 2 * 4 * WIDTH * 4  # blocks × (K, V) × tokens × width × float32
+    assert sum(t.numel() * t.element_size() for t in module.state_dict().values()) == kv_bytes  # as ComfyUI counts it
+    module.half()  # ComfyUI casts and moves the module (attach_model: the MODEL's dtype)
+    like = torch.zeros((), dtype=torch.float16)
+    for half in (0, 1):  # no negative image: both halves read the one positive copy, in place
+        k, v = branches[("single_block", 0)].kv(half, slice(0, 1), {}, like)
+        assert k is module.blocks[2].k and v is module.blocks[2].v
+    assert torch.allclose(k.float(), rms_heads(style @ state["ip_adapter"]["2.to_k_ip.weight"].T), atol=1e-2)
+    with_negative = adapter.branches(style, negative, TinyFlux())
+    assert adapter.sampling_weights is not module
+    assert sum(t.numel() * t.element_size() for t in adapter.sampling_weights.state_dict().values()) == 2 * kv_bytes
+    k_pos, _ = with_negative[("double_block", 0)].kv(0, slice(0, 1), {}, style)
+    k_neg, v_neg = with_negative[("double_block", 0)].kv(1, slice(0, 1), {}, style)
+    assert torch.allclose(k_pos, rms_heads(style @ state["ip_adapter"]["0.to_k_ip.weight"].T), atol=1e-5)
+    assert torch.allclose(k_neg, rms_heads(negative @ state["ip_adapter"]["0.to_k_ip.weight"].T), atol=1e-5)
+    assert torch.allclose(v_neg, rms_heads(negative @ state["ip_adapter"]["0.to_v_ip.weight"].T), atol=1e-5)
 
 
 def test_bad_adapters_and_mismatches_name_what_fits(tmp_path):

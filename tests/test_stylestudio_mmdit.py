@@ -13,8 +13,8 @@ from comfyui_stylemamba.stylestudio.dit import (STYLE_KEY, BlockAttention, Branc
                                                 branch_image_attention)
 from comfyui_stylemamba.stylestudio.dit_blocks import mmdit_blocks, select_dit_blocks
 from comfyui_stylemamba.stylestudio.patches import SigmaWindow
-from comfyui_stylemamba.stylestudio.sd3_ip_adapter import (SD3Tokens, TensorGroup, block_keys_values, ip_branch, parse_sd3_ip_adapter,
-                                                           resample)
+from comfyui_stylemamba.stylestudio.sd3_ip_adapter import SD3Tokens, block_keys_values, ip_branch, parse_sd3_ip_adapter, resample
+from comfyui_stylemamba.stylestudio.tensor_group import TensorGroup
 
 B, H, D, TXT, IMG, BLOCKS = 2, 2, 16, 5, 9, 3
 WIDTH = H * D

@@ -86,3 +86,17 @@ def test_bad_inputs_name_what_fits(report):
     assert "gives 28-wide image embeddings but" in errors["clip_vision_of_wrong_size"] and "CLIP ViT-L/14" in errors["clip_vision_of_wrong_size"]
     assert "makes 64-wide keys/values but this MODEL's blocks are 32 wide" in errors["adapter_for_a_wider_model"]
     assert "chose no block" in errors["xlabs_with_single_blocks_only"]
+
+
+@pytest.mark.parametrize("layout", [*LAYOUTS, "instantx in bf16"])
+def test_comfyui_loads_counts_and_offloads_the_style_keys_values_with_the_model(layout, report):
+    managed = report["managed_kv_bf16"] if layout == "instantx in bf16" else report[layout]["managed_kv"]
+    assert managed["attached"] == 1  # one patcher under the node's key among the MODEL's additional models
+    assert managed["listed_before_sampling"] == [0]  # the node only attaches it: sampling loads it, with the MODEL
+    assert managed["listed_after_sampling_twice"] == [1]  # no duplicate entry in current_loaded_models
+    dtype = "bfloat16" if layout == "instantx in bf16" else "float32"
+    assert managed["weights_at"] == [[f"cpu torch.{dtype}"]]  # the MODEL's device (--cpu) and compute dtype
+    # ComfyUI counts every block's keys/values once: without a negative style image the halves share them
+    assert managed["counted_bytes"] == [managed["kv_bytes"]] and managed["kv_bytes"] > 0
+    assert managed["counted_bytes_with_negative_image"] == [2 * managed["kv_bytes"]]
+    assert managed["twice_equal"] and managed["finite"]

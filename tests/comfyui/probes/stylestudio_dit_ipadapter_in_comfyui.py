@@ -26,13 +26,14 @@ from safetensors.torch import save_file  # noqa: E402
 
 import comfy.clip_vision  # noqa: E402
 import comfy.ldm.flux.math as flux_math  # noqa: E402
+import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
 from comfy.ldm.flux.layers import apply_mod  # noqa: E402
 from make_standins import instantx_flux_ip_adapter, xlabs_flux_ip_adapter  # noqa: E402
 from stylestudio_in_comfyui import counting_model, distance, tiny_unet  # noqa: E402
 
 import comfyui_stylemamba.stylestudio.dit as dit  # noqa: E402
-from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import StyleStudioCrossAdaINDiTIPAdapter  # noqa: E402
+from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import ADAPTER_WEIGHTS_KEY, StyleStudioCrossAdaINDiTIPAdapter  # noqa: E402
 
 HEADS = 2
 VIT_L, SIGLIP = 20, 28  # stand-in CLIP ViT-L / SigLIP image_embeds widths
@@ -256,6 +257,27 @@ def chaining(base, layout: str, unpatched: torch.Tensor) -> dict:
             "theirs_alone_change": distance(theirs_alone, unpatched), **orders}
 
 
+def managed_kv(base, layout: str, raw: dict) -> dict:
+    """The style keys/values under ComfyUI's model management: how often ComfyUI lists the patcher the node attached, before
+    sampling and after sampling twice, where its tensors sit and the bytes ComfyUI counts for it, against the keys/values
+    the reference projects in the MODEL's dtype (one copy without a negative style image, the halves' own with one)."""
+    model = patch(base, layout)
+    attached = model.get_additional_models_with_key(ADAPTER_WEIGHTS_KEY)
+    loaded = lambda: [sum(entry.model is patcher for entry in comfy.model_management.current_loaded_models) for patcher in attached]
+    before = loaded()
+    first = sample(model, conditioning(3), conditioning(4))
+    second = sample(model, conditioning(3), conditioning(4))
+    blocks = BLOCKS if layout == "instantx" else len(base.get_model_object("diffusion_model").double_blocks)
+    elements = sum(t.numel() for index in range(blocks) for t in reference_kv(layout, raw, index))
+    with_negative = patch(base, layout, negative_image=image(0.2)).get_additional_models_with_key(ADAPTER_WEIGHTS_KEY)
+    return {"attached": len(attached), "listed_before_sampling": before, "listed_after_sampling_twice": loaded(),
+            "weights_at": [sorted({f"{p.device} {p.dtype}" for p in patcher.model.parameters()}) for patcher in attached],
+            "counted_bytes": [patcher.model_size() for patcher in attached],
+            "kv_bytes": elements * torch.empty((), dtype=base.model_dtype()).element_size(),
+            "counted_bytes_with_negative_image": [patcher.model_size() for patcher in with_negative],
+            "twice_equal": bool(torch.equal(first, second)), "finite": bool(first.isfinite().all())}
+
+
 def step_seconds(model, repeats: int = 3) -> float:
     best = math.inf
     for _ in range(repeats):
@@ -300,6 +322,7 @@ def layout_report(base, layout: str, raw: dict, unpatched: torch.Tensor) -> dict
         with_negative = sample(patch(base, layout, negative_image=image(0.2)), conditioning(3), conditioning(4), cfg=scale)
         cfg[f"cfg={scale:g}"] = {"negative_style_effect": distance(with_negative, without), "finite": bool(with_negative.isfinite().all())}
     report["style_cfg"] = cfg
+    report["managed_kv"] = managed_kv(base, layout, raw)
     report["seconds_per_step"] = {"unpatched": step_seconds(base), "plain adapter": step_seconds(plain),
                                   "all blocks, no teacher": step_seconds(patch(base, layout)),
                                   "all blocks, teacher": step_seconds(patch(base, layout, teacher=True))}
@@ -330,6 +353,7 @@ def main() -> dict:
         for layout in FILES:
             report[layout] = layout_report(base, layout, raw[layout], unpatched)
         report["errors"] = errors()
+        report["managed_kv_bf16"] = managed_kv(tiny_flux(torch.bfloat16), "instantx", raw["instantx"])
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 
