@@ -136,7 +136,7 @@ class StyleStudioCrossAdaIN:
             patch = CrossAdaINPatch(style_kv(per_layer[layer], positive, negative), strength, window,
                                     _existing_patch(attn2, layer), optimized_attention)
             patched.set_model_attn2_replace(patch, *_patch_key(attn2, layer, per_block[layer[:2]]))
-        if teacher:
+        if teacher and strength > 0:  # at strength 0 the styled pass is the text-only pass: nothing to hand over
             for layer in model_layers:
                 patch = TeacherAttn1Patch(_existing_patch(attn1, layer), optimized_attention)
                 patched.set_model_attn1_replace(patch, *_patch_key(attn1, layer, per_block[layer[:2]]))

@@ -42,12 +42,13 @@ def unsupported(diffusion_model: nn.Module, node: str, fits: str, hints: dict[st
     """The error for a MODEL ``node`` does not patch: what it patches (``fits``), and a hint per family (``hints``, by family)."""
     family = dit_family(diffusion_model)
     if family in hints:
-        hint = hints[family]
+        described, hint = f"an {family} model" if family == MMDIT else f"a {family} model", hints[family]
     elif hasattr(diffusion_model, "input_blocks"):
-        hint = "for SD1.5/SDXL UNet models use the StyleStudio Cross-Modal AdaIN node"
+        described, hint = "an SD1.5/SDXL UNet", "use the StyleStudio Cross-Modal AdaIN node"
     else:
-        hint = "this model family is not supported"
-    return UnsupportedDiTError(f"{node} patches {fits}; this model's diffusion model is {type(diffusion_model).__name__}: {hint}.")
+        described, hint = "of a family StyleStudio does not patch", "see the README's list of supported models"
+    return UnsupportedDiTError(f"{node} patches {fits}, but this MODEL is {described} "
+                               f"(ComfyUI's {type(diffusion_model).__name__}): {hint}.")
 
 
 def flux_blocks(diffusion_model: nn.Module) -> list[DiTBlock]:

@@ -125,7 +125,7 @@ def test_other_families_get_an_error_naming_what_fits():
     mmdit.joint_blocks, unet.input_blocks = nn.ModuleList(), nn.ModuleList()
     with pytest.raises(UnsupportedDiTError, match="SD3/SD3.5 takes its style from InstantX.s SD3.5-Large IP-Adapter"):
         flux_blocks(mmdit)
-    with pytest.raises(UnsupportedDiTError, match="for SD1.5/SDXL UNet models use the StyleStudio Cross-Modal AdaIN node"):
+    with pytest.raises(UnsupportedDiTError, match="this MODEL is an SD1.5/SDXL UNet .*: use the StyleStudio Cross-Modal AdaIN node"):
         flux_blocks(unet)
 
 

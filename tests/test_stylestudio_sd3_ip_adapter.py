@@ -176,7 +176,7 @@ def test_the_adapter_names_the_model_and_clip_vision_that_fit(layout):
         adapter.check_model(FakeMMDiT(blocks=4))
     with pytest.raises(IPAdapterError, match="this MODEL normalises queries/keys with a LayerNorm"):
         adapter.check_model(FakeMMDiT(layer_norm=True))
-    with pytest.raises(UnsupportedDiTError, match="this model's diffusion model is FakeFlux: use a Flux IP-Adapter or Redux with Flux"):
+    with pytest.raises(UnsupportedDiTError, match=r"but this MODEL is a Flux model \(ComfyUI's FakeFlux\): use a Flux IP-Adapter or Redux with Flux"):
         adapter.check_model(FakeFlux())
     features = adapter.tokens({"penultimate_hidden_states": torch.ones(2, 9, FEATURES, dtype=torch.float16)})
     assert features.dtype == torch.float32 and features.shape == (2, 9, FEATURES)

@@ -55,6 +55,7 @@ def test_the_teacher_adds_a_unet_pass_while_active_and_changes_the_result(report
     teacher = report[family]["teacher"]
     assert teacher["unet_calls_off"] == teacher["steps"]  # the counting wrapper we chain to sees every pass
     assert teacher["steps"] < teacher["unet_calls_on"] < 2 * teacher["steps"]  # active for the first 40 % only
+    assert teacher["unet_calls_on_at_strength_0"] == teacher["steps"]  # nothing to hand over at strength 0: no extra pass
     assert teacher["finite"] and teacher["on_vs_off"] > 1.0
 
 

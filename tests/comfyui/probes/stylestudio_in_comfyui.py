@@ -240,7 +240,10 @@ def family_report(family: str, folder: Path) -> dict:
         before = len(passes)
         teacher_results[teacher] = sample(patch(counted, clip, adapters["standard"], teacher=teacher), family)
         unet_calls[teacher] = len(passes) - before
+    before = len(passes)
+    sample(patch(counted, clip, adapters["standard"], 0.0, teacher=True), family)
     report["teacher"] = {"unet_calls_off": unet_calls[False], "unet_calls_on": unet_calls[True], "steps": STEPS,
+                         "unet_calls_on_at_strength_0": len(passes) - before,
                          "on_vs_off": distance(teacher_results[True], teacher_results[False]),
                          "finite": bool(teacher_results[True].isfinite().all())}
 
