@@ -31,6 +31,7 @@ CORE_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     # Flux: nodes.py loaders and comfy_extras/nodes_flux.py, nodes_sd3.py
     "UNETLoader": ({}, ("MODEL",)),
     "DualCLIPLoader": ({}, ("CLIP",)),
+    "TripleCLIPLoader": ({}, ("CLIP",)),
     "StyleModelLoader": ({}, ("STYLE_MODEL",)),
     "FluxGuidance": ({"conditioning": "CONDITIONING"}, ("CONDITIONING",)),
     "EmptySD3LatentImage": ({}, ("LATENT",)),

@@ -169,14 +169,14 @@ def comfyui() -> ComfyEnv:
 def comfy_base(comfyui: ComfyEnv, tmp_path_factory) -> Iterator[Path]:
     """A ComfyUI ``--base-directory`` (models, input, output, custom_nodes) holding the stand-in models.
 
-    The models (3.8 GB) are deleted after the session; pytest keeps the rest of its last three temp trees.
+    The models (4.0 GB) are deleted after the session; pytest keeps the rest of its last three temp trees.
     """
     base = tmp_path_factory.mktemp("comfy_base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_LINK).symlink_to(REPO, target_is_directory=True)
     (base / "custom_nodes" / STANDIN_NODES_LINK).symlink_to(HERE / "standin_nodes", target_is_directory=True)
     made = comfyui.probe("make_standins.py", str(base), *([str(PHOTOS)] if PHOTOS.is_dir() else []))
-    assert made["sd15_detected_as"] == "SD15" and made["flux_detected_as"] == "Flux", made
+    assert (made["sd15_detected_as"], made["flux_detected_as"], made["sd35_detected_as"]) == ("SD15", "Flux", "SD3"), made
     REPORT.append(f"stand-in models written in {made['seconds']} s (the Flux set {made['flux_seconds']} s): {made['files']}")
     yield base
     shutil.rmtree(base / "models", ignore_errors=True)

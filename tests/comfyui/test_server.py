@@ -4,8 +4,8 @@ Everything is queued through ``../shared/tools/run_workflow.py``, as a user's br
 one ``main.py --cpu`` server over random-weight stand-ins in the real file formats (``probes/make_standins.py``).
 The SDXL workflows run on the SD1.5-shaped stand-in (a ``--set`` of the checkpoint, CLIP-vision and
 IP-Adapter names): an SDXL UNet is 2.6 G parameters, and detection fixes its size; the wiring, the nodes
-and the StyleStudio patch path are the same. Pictures are 64-96 px and samplers take 2 steps. The Flux
-workflow runs as a twin (``TWINS``): its text encoders give way to a test-only node, the rest runs as saved.
+and the StyleStudio patch path are the same. Pictures are 64-96 px and samplers take 2 steps. The Flux and
+SD3.5 workflows run as twins (``TWINS``): their text encoders give way to a test-only node, the rest runs as saved.
 """
 
 from __future__ import annotations
@@ -55,6 +55,14 @@ RECIPES: dict[str, tuple[str, ...]] = {
         "1.unet_name=flux1_standin.safetensors", "3.vae_name=flux_ae_standin.safetensors",
         "4.clip_name=clip_vision_vitl_standin.safetensors", "9.ipadapter_file=flux-ip-adapter_standin.safetensors",
         "10.width=64", "10.height=64", "11.steps=2"),
+    # Twin: TripleCLIPLoader builds CLIP-L, CLIP-G and T5-XXL at 5.5 G parameters whatever the files, so its
+    # CLIPTextEncodes become the test-only StandInSD3TextEncode (4096-d tokens + 2048-d pooled). The rest is real: an
+    # SD3.5-Large-shaped checkpoint 4 joint blocks deep (detection reads width and depth from the file: 256 wide) with
+    # SD3's 16-channel VAE, InstantX's SD3.5 IP-Adapter .bin for that width and depth, SigLIP so400m at its one size.
+    # 64 px (16 image tokens), 2 steps, true CFG and the teacher as saved.
+    "stylestudio_sd35_ipadapter.json": (
+        "1.ckpt_name=sd35_standin.safetensors", "4.clip_name=sigclip_vision_384_standin.safetensors",
+        "9.ipadapter_file=sd35-ip-adapter_standin.bin", "10.width=64", "10.height=64", "11.steps=2"),
 }
 FILE_VALUE = re.compile(r"\.(safetensors|bin|ckpt|pt|pth|png|jpe?g)$", re.IGNORECASE)
 #: ComfyUI's warnings when a file lacks weights its detected model has: a stand-in must never trigger them.
@@ -140,24 +148,32 @@ def edited(tmp_path: Path, name: str, change: Callable[[dict], None]) -> Path:
     return path
 
 
-FLUX_TEXT_STAND_IN = "StandInFluxTextEncode"  # tests/comfyui/standin_nodes
+FLUX_TEXT_STAND_IN, SD3_TEXT_STAND_IN = "StandInFluxTextEncode", "StandInSD3TextEncode"  # tests/comfyui/standin_nodes
 
 
-def flux_text_stand_in(workflow: dict) -> None:
-    """The saved Flux workflow with its text encoders (DualCLIPLoader and its CLIPTextEncodes, same prompts) swapped
-    for the test-only node; derived from the real JSON at test time, so the twin cannot drift from it."""
-    loaders = {n["id"] for n in workflow["nodes"] if n["type"] == "DualCLIPLoader"}
-    assert loaders, "the Flux twin expects a DualCLIPLoader to replace; update flux_text_stand_in"
-    for entry in workflow["nodes"]:
-        if entry["type"] == "CLIPTextEncode":
-            entry.update(type=FLUX_TEXT_STAND_IN, inputs=[])
-    workflow["nodes"] = [n for n in workflow["nodes"] if n["id"] not in loaders]
-    workflow["links"] = [link for link in workflow["links"] if link[1] not in loaders]
+def text_stand_in(loader: str, stand_in: str) -> Callable[[dict], None]:
+    """A twin maker: the saved workflow with its text encoders (the ``loader`` node and its CLIPTextEncodes, same
+    prompts) swapped for the test-only ``stand_in`` node; derived from the real JSON at test time, so the twin cannot
+    drift from it."""
+
+    def swap(workflow: dict) -> None:
+        loaders = {n["id"] for n in workflow["nodes"] if n["type"] == loader}
+        assert loaders, f"the twin expects a {loader} to replace; update text_stand_in's use in TWINS"
+        for entry in workflow["nodes"]:
+            if entry["type"] == "CLIPTextEncode":
+                entry.update(type=stand_in, inputs=[])
+        workflow["nodes"] = [n for n in workflow["nodes"] if n["id"] not in loaders]
+        workflow["links"] = [link for link in workflow["links"] if link[1] not in loaders]
+
+    return swap
 
 
+flux_text_stand_in = text_stand_in("DualCLIPLoader", FLUX_TEXT_STAND_IN)
+sd3_text_stand_in = text_stand_in("TripleCLIPLoader", SD3_TEXT_STAND_IN)
 #: Workflows that run as a twin: the saved graph with a part too large for CI swapped (see RECIPES' comments).
 TWINS: dict[str, Callable[[dict], None]] = {"stylestudio_flux_redux.json": flux_text_stand_in,
-                                            "stylestudio_flux_ipadapter.json": flux_text_stand_in}
+                                            "stylestudio_flux_ipadapter.json": flux_text_stand_in,
+                                            "stylestudio_sd35_ipadapter.json": sd3_text_stand_in}
 
 
 def test_pack_imports_without_error(comfy_server) -> None:
@@ -171,7 +187,8 @@ def test_pack_imports_without_error(comfy_server) -> None:
     with urllib.request.urlopen(comfy_server.url + "/object_info", timeout=60) as answer:
         registered = set(json.loads(answer.read()))
     assert set(NODE_CLASS_MAPPINGS) <= registered, sorted(set(NODE_CLASS_MAPPINGS) - registered)
-    assert FLUX_TEXT_STAND_IN in registered and FLUX_TEXT_STAND_IN not in NODE_CLASS_MAPPINGS  # test-only, not shipped
+    for stand_in in (FLUX_TEXT_STAND_IN, SD3_TEXT_STAND_IN):  # test-only, not shipped
+        assert stand_in in registered and stand_in not in NODE_CLASS_MAPPINGS
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.name for w in WORKFLOWS])
@@ -234,6 +251,10 @@ BAD_INPUTS = [
              ("4.checkpoint=not_stylemamba.safetensors",)),
     BadInput("SD1.5 IP-Adapter on Flux", "StyleStudioCrossAdaINDiTIPAdapter", ("IP-Adapter for SD1.5 UNets", "XLabs flux-ip-adapter"),
              ("9.ipadapter_file=ip-adapter_sd15_standin.safetensors",), workflow="stylestudio_flux_ipadapter.json"),
+    BadInput("Flux IP-Adapter on SD3.5", "StyleStudioCrossAdaINDiTIPAdapter", ("InstantX's SD3.5-Large IP-Adapter", "Flux only"),
+             ("9.ipadapter_file=flux-ip-adapter_standin.safetensors",), workflow="stylestudio_sd35_ipadapter.json"),
+    BadInput("CLIP ViT-L for the SD3.5 IP-Adapter", "StyleStudioCrossAdaINDiTIPAdapter", ("1152-wide", "sigclip_vision_patch14_384"),
+             ("4.clip_name=clip_vision_vitl_standin.safetensors",), workflow="stylestudio_sd35_ipadapter.json"),
 ]
 
 

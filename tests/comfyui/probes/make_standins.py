@@ -22,6 +22,13 @@ layout, with a 16-channel ldm VAE (``ae``, no quant convs), Redux at its one siz
 by its 27 layers and 729 positions) in the Hugging Face layout, and an XLabs flux-ip-adapter for that one double
 block (full width, reading the CLIP ViT-L stand-in). The T5-XXL text encoder (4.7 G, fixed) has no
 stand-in: the test swaps it for ``tests/comfyui/standin_nodes`` (see ``test_server.py``).
+
+SD3.5: ComfyUI reads an MM-DiT's whole size from its file (width 64·depth, one joint block per depth, the text
+widths from the embedders), so the stand-in is an SD3.5-Large-shaped MM-DiT (RMS q/k norm, no second image
+attention, SD3's 4096-d context and 2048-d pooled text) only 4 deep: 256 wide, 4 heads of 64, 4 joint blocks, in a
+checkpoint with SD3's 16-channel VAE (what ``sd3.5_large.safetensors`` holds), and InstantX's SD3.5 IP-Adapter ``.bin``
+for exactly that width and depth, reading SigLIP so400m (the Flux set's stand-in). Its text encoders (CLIP-L, CLIP-G,
+T5-XXL through TripleCLIPLoader, fixed sizes) have no stand-in: the test swaps them as for Flux.
 """
 
 from __future__ import annotations
@@ -46,10 +53,12 @@ from comfy.ldm.flux.model import Flux  # noqa: E402
 from comfy.ldm.flux.redux import ReduxImageEncoder  # noqa: E402
 from comfy.ldm.models.autoencoder import AutoencoderKL, AutoencodingEngine  # noqa: E402
 from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E402
+from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(TESTS))
-from builders import TINY_EMBED_DIM, build_tiny_siglip, pan_zoom_clip, tiny_config, trained_like  # noqa: E402
+from builders import (TINY_EMBED_DIM, build_tiny_siglip, pan_zoom_clip, sd35_ip_adapter_layout, tiny_config,  # noqa: E402
+                      trained_like)
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba, save_checkpoint  # noqa: E402
 from comfyui_stylemamba.stylemamba.config import DEFAULT_TEXT_ENCODER  # noqa: E402
@@ -69,6 +78,12 @@ SD_VAE = dict(double_z=True, z_channels=4, resolution=256, in_channels=3, out_ch
 FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096, hidden_size=3072,
             mlp_ratio=4.0, num_heads=24, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000,
             patch_size=2, qkv_bias=True, guidance_embed=True)
+SD35_DEPTH = 4  # joint blocks; SD3.5 Large: 38
+SD35_WIDTH = 64 * SD35_DEPTH  # ComfyUI's MMDiT is 64·depth wide (SD3.5 Large: 2432)
+#: ComfyUI's MMDiT as comfy/model_detection.py reads it from an SD3.5 Large file, but SD35_DEPTH deep.
+SD35 = dict(in_channels=16, out_channels=16, patch_size=2, depth=SD35_DEPTH, adm_in_channels=2048, qk_norm="rms",
+            pos_embed_max_size=16, num_patches=256,
+            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": SD35_WIDTH}})
 #: comfy/clip_vision_siglip_384.json, the SigLIP so400m that Flux Redux reads.
 SIGLIP_384 = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16, patch_size=14,
                   image_size=384, hidden_act="gelu_pytorch_tanh")
@@ -143,14 +158,14 @@ def flux_shapes() -> dict[str, torch.Size]:
     return shapes_of(lambda: Flux(**FLUX, operations=comfy.ops.manual_cast))
 
 
-def flux_vae_shapes() -> dict[str, torch.Size]:
-    """Flux's ``ae``: the ldm encoder/decoder with 16 latent channels and no quant convs (ComfyUI's AutoencodingEngine)."""
+def flux_vae_shapes(prefix: str = "") -> dict[str, torch.Size]:
+    """Flux's ``ae`` and SD3's VAE: the ldm encoder/decoder, 16 latent channels, no quant convs (ComfyUI's AutoencodingEngine)."""
     ddconfig = {**SD_VAE, "z_channels": 16}
     regularizer = {"target": "comfy.ldm.models.autoencoder.DiagonalGaussianRegularizer"}
     return shapes_of(lambda: AutoencodingEngine(
         regularizer_config=regularizer,
         encoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Encoder", "params": ddconfig},
-        decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig}))
+        decoder_config={"target": "comfy.ldm.modules.diffusionmodules.model.Decoder", "params": ddconfig}), prefix)
 
 
 def siglip_shapes() -> dict[str, torch.Size]:
@@ -178,6 +193,21 @@ def write_flux(models: Path) -> dict:
         "ipadapter": [write(models / "ipadapter" / "flux-ip-adapter_standin.safetensors", {k: v.half() for k, v in xlabs.items()})],
     }, "flux_detected_as": type(detected).__name__ if detected else None,
         "flux_parameters": sum(v.numel() for v in flux.values()), "flux_seconds": round(time.perf_counter() - start, 1)}
+
+
+def write_sd35(models: Path) -> dict:
+    """The SD3.5 stand-ins (a checkpoint with its VAE, InstantX's IP-Adapter) and what ComfyUI's detection makes of it."""
+    mmdit = shapes_of(lambda: MMDiT(**SD35, operations=comfy.ops.manual_cast), "model.diffusion_model.")
+    checkpoint = {**random_weights(mmdit, 13), **random_weights(flux_vae_shapes("first_stage_model."), 14)}
+    detected = comfy.model_detection.model_config_from_unet(checkpoint, "model.diffusion_model.")
+    adapter = sd35_ip_adapter_layout(SD35_WIDTH, SD35_DEPTH, SD35_DEPTH, features=SIGLIP_384["hidden_size"], seed=15)
+    path = models / "ipadapter" / "sd35-ip-adapter_standin.bin"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({group: {k: v.half() for k, v in tensors.items()} for group, tensors in adapter.items()}, path)
+    return {"files": {"checkpoints": [write(models / "checkpoints" / "sd35_standin.safetensors", checkpoint)],
+                      "ipadapter": [path.name]},
+            "sd35_detected_as": type(detected).__name__ if detected else None,
+            "sd35_mmdit_parameters": sum(math.prod(s) for s in mmdit.values())}
 
 
 def wan_vae_weights(seed: int) -> dict[str, torch.Tensor]:
@@ -349,11 +379,11 @@ def main(base: Path, photos: Path | None) -> dict:
     files["stylemamba"].append(save_checkpoint(video_mamba, models / "stylemamba" / "wan_video_style_00001.safetensors").name)
     files["vae"].append(write(models / "vae" / "wan_2.1_vae_standin.safetensors", wan_vae_weights(7)))
     files["input"] = [*write_pictures(base / "input", photos), write_clip(base / "input" / CLIP, photos)]
-    flux = write_flux(models)
-    for folder, names in flux.pop("files").items():
+    flux, sd35 = write_flux(models), write_sd35(models)
+    for folder, names in (*flux.pop("files").items(), *sd35.pop("files").items()):
         files.setdefault(folder, []).extend(names)
     return {"files": files, "sd15_detected_as": type(detected).__name__ if detected else None,
-            "unet_parameters": sum(math.prod(s) for s in unet.values()), **flux,
+            "unet_parameters": sum(math.prod(s) for s in unet.values()), **flux, **sd35,
             "seconds": round(time.perf_counter() - start, 1)}
 
 

@@ -1,10 +1,12 @@
 """Test-only ComfyUI nodes: linked into the test server's ``custom_nodes`` by ``tests/comfyui/conftest.py``, never shipped.
 
 Flux.1's text encoders (CLIP-L + T5-XXL through DualCLIPLoader) are built at a fixed 4.7 G parameters whatever
-the file holds, too large for CI. ``StandInFluxTextEncode`` takes their place in the test twin of a Flux
-workflow: it returns a CONDITIONING of the shapes they give (T5-XXL tokens 4096 wide, CLIP-L's 768-d pooled
-output), derived from the prompt text so different prompts give different conditioning, and every other
-node of the workflow (the Flux model, Redux, SigLIP, the sampler, the VAE) runs as saved.
+the file holds, and SD3.5's (CLIP-L + CLIP-G + T5-XXL through TripleCLIPLoader) at 5.5 G: too large for CI.
+``StandInFluxTextEncode`` and ``StandInSD3TextEncode`` take their place in the test twin of a Flux or SD3.5
+workflow: each returns a CONDITIONING of the shapes the real encoders give (T5-XXL-wide 4096-d tokens and the
+pooled CLIP output: CLIP-L's 768-d for Flux, CLIP-L's and CLIP-G's concatenated, 2048-d, for SD3), derived from
+the prompt text so different prompts give different conditioning, and every other node of the workflow (the
+diffusion model, Redux or the IP-Adapter, SigLIP, the sampler, the VAE) runs as saved.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import hashlib
 
 import torch
 
-T5_XXL_WIDTH, CLIP_L_POOLED = 4096, 768
+T5_XXL_WIDTH, CLIP_L_POOLED, CLIP_G_POOLED = 4096, 768, 1280
 
 
 class StandInFluxTextEncode:
     """CLIPTextEncode on Flux's DualCLIPLoader, reduced to its output shapes: one 4096-d token per word plus end."""
 
+    POOLED_WIDTH = CLIP_L_POOLED
     RETURN_TYPES = ("CONDITIONING",)
     FUNCTION = "encode"
     CATEGORY = "testing"
@@ -31,8 +34,14 @@ class StandInFluxTextEncode:
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
         generator = torch.Generator().manual_seed(seed)
         tokens = torch.randn(1, len(text.split()) + 1, T5_XXL_WIDTH, generator=generator)
-        pooled = torch.randn(1, CLIP_L_POOLED, generator=generator)
+        pooled = torch.randn(1, self.POOLED_WIDTH, generator=generator)
         return ([[tokens, {"pooled_output": pooled}]],)
 
 
-NODE_CLASS_MAPPINGS = {"StandInFluxTextEncode": StandInFluxTextEncode}
+class StandInSD3TextEncode(StandInFluxTextEncode):
+    """CLIPTextEncode on SD3's TripleCLIPLoader, reduced to its output shapes: 4096-d tokens, CLIP-L + CLIP-G pooled."""
+
+    POOLED_WIDTH = CLIP_L_POOLED + CLIP_G_POOLED
+
+
+NODE_CLASS_MAPPINGS = {"StandInFluxTextEncode": StandInFluxTextEncode, "StandInSD3TextEncode": StandInSD3TextEncode}
