@@ -1,9 +1,7 @@
 """StyleStudioCrossAdaINDiTIPAdapter: StyleStudio's cross-modal AdaIN, style-based CFG and teacher on a DiT with an IP-Adapter.
 
 Thin adapter: the file comes from ``models/ipadapter`` through ``comfy_bridge``, the adapter's layout from
-``stylestudio.flux_ip_adapter.load_dit_adapter`` (XLabs and InstantX Flux; InstantX SD3.5 registers there from
-``stylestudio.sd3_ip_adapter``, imported here for that), and the
-block patches are the Redux node's, each given the adapter's branch for its block. What the branches read every step
+``stylestudio.dit_adapters.load_dit_adapter`` (XLabs and InstantX Flux, InstantX SD3.5), and the block patches are the Redux node's, each given the adapter's branch for its block. What the branches read every step
 (SD3.5's weights, the Flux adapters' keys/values of the style images) goes to ComfyUI's model management with the patched
 MODEL (``comfy_bridge.attach_model``). comfy is not imported.
 """
@@ -12,10 +10,9 @@ from typing import Any
 
 from torch import Tensor
 
-from ..stylestudio import sd3_ip_adapter  # noqa: F401 - registers the InstantX SD3.5 layout with load_dit_adapter
 from ..stylestudio.dit import ImageStyle
 from ..stylestudio.dit_blocks import DIT_PRESETS, select_dit_blocks
-from ..stylestudio.flux_ip_adapter import load_dit_adapter
+from ..stylestudio.dit_adapters import load_dit_adapter
 from ..stylestudio.ip_adapter import IPAdapterError
 from . import comfy_bridge
 from .stylestudio_dit_nodes import check_window, patch_dit_blocks

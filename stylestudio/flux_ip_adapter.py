@@ -14,15 +14,12 @@ Two public layouts (key names and formulas as diffusers' Flux IP-Adapter loader 
   branch is added to the attention output before the block's projection: for the image queries in double blocks, for
   every query (text too) in single blocks.
 
-``load_dit_adapter`` tries every registered layout; another DiT family registers its own in one line
-(``register_dit_adapter("instantx-sd3.5", recognise, load, fits)``).
+``LAYOUTS`` tells ``dit_adapters.load_dit_adapter`` how to recognise and load both.
 """
 
-import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +27,8 @@ from torch import Tensor, nn
 
 from .dit import ATTENTION, RESIDUAL, FixedImageKV, ImageBranch
 from .dit_blocks import DiTBlock, flux_blocks
-from .ip_adapter import IPAdapterError, norm_tokens, parse_ip_adapter, read_state_dict
-
-Groups = dict[str, dict[str, Tensor]]  # read_state_dict's {top-level group: {rest of the key: tensor}}
+from .dit_adapters import Groups, Layout
+from .ip_adapter import IPAdapterError, norm_tokens
 
 CLIP_VIT_L = "CLIP ViT-L/14 (clip_vision_l / openai clip-vit-large-patch14, 768-wide image embeddings)"
 SIGLIP = "SigLIP so400m (sigclip_vision_patch14_384, 1152-wide image embeddings)"
@@ -41,62 +37,6 @@ _INSTANTX_LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 _XLABS_PROJ = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
 _INSTANTX_PROJ = {"proj.0.weight", "proj.0.bias", "proj.2.weight", "proj.2.bias", "norm.weight", "norm.bias"}
 _RMS_EPS = 1e-5
-
-
-class DiTAdapter(Protocol):
-    """What the DiT IP-Adapter node needs from an adapter file, whatever its layout."""
-
-    name: str
-    layout: str
-
-    def check_model(self, diffusion_model: nn.Module) -> None:
-        """Raise a clear error when the MODEL is of another family or width."""
-
-    def model_blocks(self, diffusion_model: nn.Module) -> list[DiTBlock]:
-        """Every block of the MODEL in execution order: the numbering of the ``layers`` presets and custom indices."""
-
-    def tokens(self, clip_output: Any) -> Tensor:
-        """The style tokens ``(1, images * N, C)`` of a batch of reference images, from ``clip_vision.encode_image``."""
-
-    def branches(self, positive: Tensor, negative: Tensor, diffusion_model: nn.Module) -> dict[DiTBlock, ImageBranch]:
-        """Each block's branch: ``negative`` tokens on the unconditional half, ``positive`` on the conditional one."""
-
-    @property
-    def sampling_weights(self) -> nn.Module | None:
-        """The tensors the branches read on the model's device every step, as one module the node has ComfyUI load, count and
-        offload with the MODEL (InstantX SD3.5: its Resampler and per-block projections; Flux: every block's keys/values of
-        the style images, which ``branches`` makes); None while there is nothing to load (Flux, before ``branches``)."""
-
-
-Recognise = Callable[[Groups], bool]
-Load = Callable[[Groups, str], DiTAdapter]
-_LAYOUTS: dict[str, tuple[Recognise, Load, str]] = {}
-
-
-def register_dit_adapter(layout: str, recognise: Recognise, load: Load, fits: str) -> None:
-    """Make ``load_dit_adapter`` know a layout: ``recognise(groups)`` says whether a file is one, ``load`` validates it,
-    ``fits`` names the model, the file and the CLIP vision for the message that refuses another file."""
-    _LAYOUTS[layout] = (recognise, load, fits)
-
-
-def load_dit_adapter(path: str) -> DiTAdapter:
-    """Read an IP-Adapter file (``.safetensors``, or ``.bin`` with tensors only) and build the adapter of its layout."""
-    groups, name = read_state_dict(path), os.path.basename(path)
-    for recognise, load, _ in _LAYOUTS.values():
-        if recognise(groups):
-            return load(groups, name)
-    raise IPAdapterError(f"{name!r}: {_not_a_dit_adapter(groups, name)}")
-
-
-def _not_a_dit_adapter(groups: Groups, name: str) -> str:
-    fits = "this node takes " + "; ".join(f"{layout} ({_LAYOUTS[layout][2]})" for layout in sorted(_LAYOUTS))
-    try:
-        unet = parse_ip_adapter(groups, name)
-    except IPAdapterError:
-        return f"not an IP-Adapter layout this node knows (top-level groups: {sorted(groups)[:8]}); {fits}"
-    family = {768: "SD1.5", 1024: "SD2", 2048: "SDXL"}.get(unet.context_dim, f"{unet.context_dim}-d context")
-    return (f"an IP-Adapter for {family} UNets ({unet.kind}): it fits the StyleStudio Cross-Modal AdaIN node on SD1.5/SDXL models, "
-            f"not a DiT; {fits}")
 
 
 @dataclass(frozen=True)
@@ -273,6 +213,8 @@ def _check_blocks(blocks: list[tuple[Tensor | None, ...]], indices: list[int], t
             raise IPAdapterError(f"{name!r}: block {index} key/value biases {tuple(k_b.shape)} / {tuple(v_b.shape)} are not {width}-wide")
 
 
-register_dit_adapter("xlabs-flux", is_xlabs, load_xlabs, f"Flux.1: XLabs flux-ip-adapter with {CLIP_VIT_L}")
-register_dit_adapter("instantx-flux", is_instantx_flux, load_instantx_flux,
-                     f"Flux.1: InstantX FLUX.1-dev-IP-Adapter with {SIGLIP}")
+#: What ``dit_adapters.load_dit_adapter`` reads as a Flux IP-Adapter.
+LAYOUTS: dict[str, Layout] = {
+    XLABS.name: Layout(is_xlabs, load_xlabs, f"Flux.1: XLabs flux-ip-adapter with {CLIP_VIT_L}"),
+    INSTANTX.name: Layout(is_instantx_flux, load_instantx_flux, f"Flux.1: InstantX FLUX.1-dev-IP-Adapter with {SIGLIP}"),
+}

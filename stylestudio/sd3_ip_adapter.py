@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .dit import ATTENTION, ImageBranch
 from .dit_blocks import DiTBlock, mmdit_blocks
-from .flux_ip_adapter import register_dit_adapter
+from .dit_adapters import Layout
 from .ip_adapter import IPAdapterError, perceiver_resample
 from .patches import NEGATIVE
 from .tensor_group import TensorGroup
@@ -305,5 +305,7 @@ class SD3Combine:
         return ip_branch(q, k, v, k_ip, v_ip, self.weights.tensors(), norms, attend)
 
 
-register_dit_adapter(LAYOUT, is_sd3_layout, parse_sd3_ip_adapter,
-                     f"SD3.5 Large: InstantX SD3.5-Large-IP-Adapter, ip-adapter.bin, with {SIGLIP}")
+#: What ``dit_adapters.load_dit_adapter`` reads as an SD3.5 IP-Adapter.
+LAYOUTS: dict[str, Layout] = {
+    LAYOUT: Layout(is_sd3_layout, parse_sd3_ip_adapter, f"SD3.5 Large: InstantX SD3.5-Large-IP-Adapter, ip-adapter.bin, with {SIGLIP}"),
+}

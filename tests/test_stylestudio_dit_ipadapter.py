@@ -14,7 +14,7 @@ from torch import nn
 from comfyui_stylemamba.stylestudio.dit import (ATTENTION, RESIDUAL, STYLE_KEY, BranchCall, DiTBlockPatch, DiTStyleWrapper,
                                                 FixedImageKV, ImageBranch, ImageStyle, StyleBatch, branch_image_attention,
                                                 cross_mass, sdpa, unrope)
-from comfyui_stylemamba.stylestudio.flux_ip_adapter import load_dit_adapter
+from comfyui_stylemamba.stylestudio.dit_adapters import load_dit_adapter
 from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterError
 from comfyui_stylemamba.stylestudio.patches import TEACHER_KEY, SigmaWindow, TeacherHandover
 

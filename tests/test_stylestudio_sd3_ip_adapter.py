@@ -14,7 +14,7 @@ from builders import sd35_ip_adapter_layout
 from torch import nn
 
 from comfyui_stylemamba.stylestudio.dit_blocks import UnsupportedDiTError
-from comfyui_stylemamba.stylestudio.flux_ip_adapter import load_dit_adapter
+from comfyui_stylemamba.stylestudio.dit_adapters import load_dit_adapter
 from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterError
 from comfyui_stylemamba.stylestudio.sd3_ip_adapter import (adapter_norm, block_keys_values, ip_branch, parse_sd3_ip_adapter, resample,
                                                            split_heads, timestep_embedding)

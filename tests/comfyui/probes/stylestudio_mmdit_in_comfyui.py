@@ -44,7 +44,7 @@ import comfyui_stylemamba.stylestudio.dit as dit  # noqa: E402
 from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import ADAPTER_WEIGHTS_KEY, StyleStudioCrossAdaINDiTIPAdapter  # noqa: E402
 from comfyui_stylemamba.stylestudio import sd3_ip_adapter as sd3  # noqa: E402
 from comfyui_stylemamba.stylestudio.dit_blocks import flux_blocks  # noqa: E402
-from comfyui_stylemamba.stylestudio.flux_ip_adapter import load_dit_adapter  # noqa: E402
+from comfyui_stylemamba.stylestudio.dit_adapters import load_dit_adapter  # noqa: E402
 
 DEPTH, BLOCKS, CONTEXT, POOLED, FEATURES, PATCHES = 2, 3, 32, 16, 20, 9
 WIDTH, HEADS = 64 * DEPTH, DEPTH  # ComfyUI's MMDiT: 64·depth wide, depth heads of 64
