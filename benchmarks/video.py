@@ -26,9 +26,21 @@ A fresh temporal model is the identity, so the comparison needs temporal weights
   start). It runs each clip as one chunk: chunked, a backward scan would need the state coming from the
   frames after the chunk, which bounded-memory chunking does not have.
 The style strength column (mean |styled − content| / mean |content|) shows the style was kept.
+The last row per clip, frame by frame with its style scaled down in latent space to the fitted forward
+model's strength, shows how much of the fit's gain a merely weaker style would give.
+
+``--autoencoder taef2`` swaps the stand-in for a real autoencoder: the TAEF2 weights in
+``../shared/assets/taef2`` (FLUX.2's tiny autoencoder, 32 latent channels, 8× down). It is an *image*
+autoencoder, so each clip frame is encoded on its own (one latent frame per video frame, no temporal
+compression). The model is built for 32 channels, fitted by the same recipe in latent space, and every
+styled latent is decoded by the TAEF2 decoder: flicker, warping error (along the camera's exact flow at
+pixel resolution) and style strength are measured on the decoded frames against the clip's own pixels.
+The content row is then the clip's TAEF2 round trip, the floor the autoencoder alone sets. This mode
+prints the flicker table only (the speed and memory tables are about Wan's 16-channel latents).
 
     python benchmarks/video.py                      # everything, CPU, writes nothing
     python benchmarks/video.py --record benchmarks/results/video-cpu.md
+    python benchmarks/video.py --autoencoder taef2  # flicker in decoded pixels through the real TAEF2
 """
 
 from __future__ import annotations
@@ -40,6 +52,8 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +68,7 @@ from comfyui_stylemamba.stylemamba.config import StyleMambaConfig  # noqa: E402
 from comfyui_stylemamba.stylemamba.style import StyleEmbedding  # noqa: E402
 from comfyui_stylemamba.stylemamba.stylize import stylize_latents  # noqa: E402
 from comfyui_stylemamba.stylemamba.temporal import TemporalContext  # noqa: E402
+from comfyui_stylemamba.stylemamba.training.taesd import load_tiny_autoencoder  # noqa: E402
 from comfyui_stylemamba.stylemamba.training.temporal import (  # noqa: E402
     flicker,
     temporal_consistency_loss,
@@ -62,6 +77,7 @@ from comfyui_stylemamba.stylemamba.training.temporal import (  # noqa: E402
 )
 
 PHOTOS = REPO.parent / "shared" / "assets" / "images"
+TAEF2 = REPO.parent / "shared" / "assets" / "taef2"
 CHANNELS, SPATIAL = 16, 8
 #: Wan 2.1 latents of 480p (832×480) and 720p (1280×720) video.
 SIZES = {"480p": (60, 104), "720p": (90, 160)}
@@ -80,6 +96,42 @@ def stand_in_latent(clip: torch.Tensor) -> torch.Tensor:
     projection = torch.randn(CHANNELS, 3, generator=torch.Generator().manual_seed(0))
     pooled = torch.nn.functional.avg_pool2d(clip.permute(0, 3, 1, 2) * 2 - 1, SPATIAL)  # (T, 3, H, W)
     return torch.einsum("cr,trhw->cthw", projection, pooled)[None]
+
+
+@dataclass(frozen=True)
+class Space:
+    """How a clip becomes a latent video, and the space its figures are measured in."""
+
+    name: str
+    channels: int
+    encode: Callable[[torch.Tensor], torch.Tensor]  # clip (T, h, w, 3) → latent (1, C, T, h/8, w/8)
+    decode: Callable[[torch.Tensor], torch.Tensor]  # latent → the measured video (1, C', T, H', W')
+    reference: Callable[[torch.Tensor], torch.Tensor]  # clip → the same space, unstyled and never encoded
+    per_pixel: int  # clip pixels per measured pixel: the flow's resolution
+
+    def round_trip(self, clip: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(clip))
+
+
+STAND_IN = Space("stand-in", CHANNELS, stand_in_latent, lambda latent: latent, stand_in_latent, SPATIAL)
+
+
+def taef2_space() -> Space | None:
+    """The real TAEF2 of ``../shared/assets/taef2``, frame by frame (an image autoencoder); None when absent."""
+    encoder, decoder = TAEF2 / "taef2_encoder.pth", TAEF2 / "taef2_decoder.pth"
+    if not (encoder.is_file() and decoder.is_file()):
+        return None
+    tiny = load_tiny_autoencoder(decoder, encoder)
+
+    @torch.no_grad()
+    def encode(clip: torch.Tensor) -> torch.Tensor:
+        return tiny.encode(clip.permute(0, 3, 1, 2)).movedim(0, 1)[None]
+
+    @torch.no_grad()
+    def decode(latent: torch.Tensor) -> torch.Tensor:
+        return tiny.decode(latent[0].movedim(1, 0)).movedim(0, 1)[None]
+
+    return Space("TAEF2", tiny.latent_channels, encode, decode, lambda clip: clip.permute(3, 0, 1, 2)[None], 1)
 
 
 def model(config: StyleMambaConfig, temporal_std: float) -> StyleMamba:
@@ -134,11 +186,38 @@ def strength(styled: torch.Tensor, content: torch.Tensor) -> float:
     return ((styled - content).abs().mean() / content.abs().mean()).item()
 
 
-def flicker_table(config: StyleMambaConfig, frames: int, size: tuple[int, int], steps: int) -> tuple[list[str], dict]:
-    fit_clip = stand_in_latent(pan_zoom_clip(load_photo("boat.jpg"), frames, *size))
-    test_clip = stand_in_latent(pan_zoom_clip(load_photo("tubingen.jpeg"), frames, *size))
-    flow = pan_zoom_flow(frames, size[0] // SPATIAL, size[1] // SPATIAL)[None]
-    still = torch.zeros_like(flow)
+def figures(video: torch.Tensor, reference: torch.Tensor, flow: torch.Tensor) -> tuple[float, float, float, float]:
+    """Flicker and style strength against ``reference``; warping error along ``flow`` and with no flow."""
+    return (flicker(video, reference), warping_error(video, flow), warping_error(video, torch.zeros_like(flow)),
+            strength(video, reference))
+
+
+def weakened(space: Space, content: torch.Tensor, styled: torch.Tensor, reference: torch.Tensor, target: float,
+             ) -> tuple[float, torch.Tensor]:
+    """The frame-by-frame style scaled down in latent space, ``content + a·(styled − content)``, until its decoded
+    strength is ``target`` (bisection on ``a`` in [0, 1]): the flicker a merely weaker style has, to tell the temporal
+    fit's steadiness apart from the style it gave up. Returns ``a`` and the decoded video."""
+    def scaled(weight: float) -> torch.Tensor:
+        return space.decode(content + weight * (styled - content))
+
+    low, high = 0.0, 1.0
+    for _ in range(12):
+        middle = (low + high) / 2
+        low, high = (middle, high) if strength(scaled(middle), reference) < target else (low, middle)
+    weight = (low + high) / 2
+    return weight, scaled(weight)
+
+
+def flicker_table(
+    config: StyleMambaConfig, frames: int, size: tuple[int, int], steps: int, space: Space = STAND_IN
+) -> tuple[list[str], dict]:
+    """Flicker, warping error (with and without the camera flow) and style strength of the four fusions in ``space``,
+    and of frame by frame weakened to the fitted forward model's strength:
+    each styled latent is decoded by ``space`` and compared with the clip as ``space`` sees it unencoded; the content
+    row is the clip's round trip (for the stand-in, the latent itself: zeros but its warping error)."""
+    pictures = {name: pan_zoom_clip(load_photo(name), frames, *size) for name in ("boat.jpg", "tubingen.jpeg")}
+    fit_clip, test_clip = (space.encode(pictures[name]) for name in pictures)
+    flow = pan_zoom_flow(frames, size[0] // space.per_pixel, size[1] // space.per_pixel)[None]
     emb = style(config)
     spatial, random_temporal = model(config, 0.0), model(config, 0.2)
     fitted, fitted_both = model(config, 0.0), bidirectional(model(config, 0.0))
@@ -148,28 +227,40 @@ def flicker_table(config: StyleMambaConfig, frames: int, size: tuple[int, int], 
         losses = fit_temporal(sm, fit_clip, emb.target, steps)
         fits.append((time.perf_counter() - start, losses[0], losses[-1]))
     rows, numbers = [], {}
-    for name, clip in (("fit clip (boat.jpg)", fit_clip), ("held-out clip (tubingen.jpeg)", test_clip)):
-        numbers[(name, "content")] = (0.0, warping_error(clip, flow), warping_error(clip, still), 0.0)
+    for name, clip, picture in (("fit clip (boat.jpg)", fit_clip, pictures["boat.jpg"]),
+                                ("held-out clip (tubingen.jpeg)", test_clip, pictures["tubingen.jpeg"])):
+        reference, content = space.reference(picture), space.round_trip(picture)
+        numbers[(name, "content")] = figures(content, reference, flow)
+        latents = {}
         for label, sm, mode, chunk in (
             ("frame by frame", spatial, "frame by frame", 4),
             ("temporal, random", random_temporal, "across frames", 4),
             ("temporal, fitted, forward", fitted, "across frames", 4),
             ("temporal, fitted, forward+backward", fitted_both, "across frames", frames),
         ):
-            styled = stylize_latents(sm, clip, emb, temporal=mode, batch_size=chunk)
-            numbers[(name, label)] = (
-                flicker(styled, clip), warping_error(styled, flow), warping_error(styled, still), strength(styled, clip)
-            )
+            latents[label] = stylize_latents(sm, clip, emb, temporal=mode, batch_size=chunk)
+            numbers[(name, label)] = figures(space.decode(latents[label]), reference, flow)
+        fitted_strength = numbers[(name, "temporal, fitted, forward")][3]
+        weight, weaker = weakened(space, clip, latents["frame by frame"], reference, fitted_strength)
+        numbers[(name, f"frame by frame, style ×{weight:.2f} (fitted forward's strength)")] = figures(weaker, reference, flow)
         rows += [f"| {name} | {label} | {f:.3f} | {w:.4f} | {w0:.4f} | {st:.3f} |"
                  for (clip_name, label), (f, w, w0, st) in numbers.items() if clip_name == name]
     fit_notes = "; ".join(
         f"{kind} {seconds:.0f} s, loss {first:.3f} → {last:.3f}"
         for kind, (seconds, first, last) in zip(("forward", "forward+backward"), fits)
     )
+    measured = (
+        "Warping error in latent space along the camera's exact flow; "
+        "the content row is the unstyled latent's own (the floor)."
+        if space is STAND_IN else
+        f"Every row measured in {space.name}-decoded pixels ({size[1]}×{size[0]}) against the clip's pixels, "
+        "warping error along the camera's exact flow at pixel resolution; "
+        "the content row is the clip's round trip (the autoencoder's floor)."
+    )
     header = [
-        f"Clip: {frames} frames of {size[1]}×{size[0]} px pan+zoom → stand-in latent (1, 16, {frames}, {size[0] // 8}, {size[1] // 8}); "
-        f"temporal fits: {steps} Adam steps (lr 3e-3) on the fit clip ({fit_notes}). Warping error in latent space "
-        "along the camera's exact flow; the content row is the unstyled latent's own (the floor).",
+        f"Clip: {frames} frames of {size[1]}×{size[0]} px pan+zoom → {space.name} latent (1, {space.channels}, "
+        f"{frames}, {size[0] // 8}, {size[1] // 8}); temporal fits: {steps} Adam steps (lr 3e-3) on the fit clip "
+        f"({fit_notes}). {measured}",
         "",
         "| clip | fusion | flicker | warping error | … without flow | style strength |",
         "|---|---|---:|---:|---:|---:|",
@@ -218,26 +309,24 @@ def memory_table(lengths: list[int], chunk: int, size: tuple[int, int]) -> list[
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--frames", type=int, default=9, help="clip length for the flicker table")
-    parser.add_argument("--clip-size", type=int, nargs=2, default=(192, 256), help="clip height width in px")
-    parser.add_argument("--steps", type=int, default=40, help="Adam steps of the temporal fit")
-    parser.add_argument("--fps-frames", type=int, default=4, help="latent frames per timed chunk")
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--lengths", type=int, nargs="*", default=[4, 16, 64], help="latent frames for the memory table")
-    parser.add_argument("--record", type=Path, help="write the tables as markdown here")
-    parser.add_argument("--memory-probe", type=int, nargs=4, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.memory_probe:
-        memory_probe(*args.memory_probe)
-        return
-    torch.set_num_threads(torch.get_num_threads())
+def title() -> str:
+    return (f"Video StyleFuse on CPU ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__})")
+
+
+def taef2_lines(space: Space, frames: int, size: tuple[int, int], steps: int) -> list[str]:
+    config = StyleMambaConfig(latent_channels=space.channels, style_dim=768)
+    flicker_rows, _ = flicker_table(config, frames, size, steps, space)
+    return [f"# {title()}", "", f"Default StyleMambaConfig with {space.channels} latent channels ({space.name}); "
+            "`python benchmarks/video.py --autoencoder taef2`.", "", "## Flicker in decoded pixels", "",
+            *flicker_rows]
+
+
+def stand_in_lines(args: argparse.Namespace) -> list[str]:
     config = StyleMambaConfig(latent_channels=CHANNELS, style_dim=768)
     flicker_rows, _ = flicker_table(config, args.frames, tuple(args.clip_size), args.steps)
-    lines = [
-        f"# Video StyleFuse on CPU ({datetime.date.today()}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__})",
+    return [
+        f"# {title()}",
         "",
         "Default StyleMambaConfig with 16 latent channels (Wan 2.1 / HunyuanVideo / Cosmos); `python benchmarks/video.py`.",
         "",
@@ -253,6 +342,34 @@ def main() -> None:
         "",
         *memory_table(args.lengths, 4, SIZES["480p"]),
     ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=9, help="clip length for the flicker table")
+    parser.add_argument("--clip-size", type=int, nargs=2, default=(192, 256), help="clip height width in px")
+    parser.add_argument("--steps", type=int, default=40, help="Adam steps of the temporal fit")
+    parser.add_argument("--fps-frames", type=int, default=4, help="latent frames per timed chunk")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--lengths", type=int, nargs="*", default=[4, 16, 64], help="latent frames for the memory table")
+    parser.add_argument("--autoencoder", choices=("stand-in", "taef2"), default="stand-in",
+                        help="stand-in: fixed random latent, figures in latent space (default); taef2: the real TAEF2, "
+                             "figures in decoded pixels, flicker table only")
+    parser.add_argument("--record", type=Path, help="write the tables as markdown here")
+    parser.add_argument("--memory-probe", type=int, nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        memory_probe(*args.memory_probe)
+        return
+    torch.set_num_threads(torch.get_num_threads())
+    if args.autoencoder == "taef2":
+        space = taef2_space()
+        if space is None:
+            print(f"skipped: --autoencoder taef2 needs taef2_encoder.pth and taef2_decoder.pth in {TAEF2} (not found)")
+            return
+        lines = taef2_lines(space, args.frames, tuple(args.clip_size), args.steps)
+    else:
+        lines = stand_in_lines(args)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.record:
