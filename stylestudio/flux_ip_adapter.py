@@ -21,14 +21,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .dit import ATTENTION, RESIDUAL, FixedImageKV, ImageBranch
 from .dit_blocks import DiTBlock, flux_blocks
 from .dit_adapters import Groups, Layout
-from .ip_adapter import IPAdapterError, norm_tokens
+from .ip_adapter import IPAdapterError, norm_tokens, rms_norm
 
 CLIP_VIT_L = "CLIP ViT-L/14 (clip_vision_l / openai clip-vit-large-patch14, 768-wide image embeddings)"
 SIGLIP = "SigLIP so400m (sigclip_vision_patch14_384, 1152-wide image embeddings)"
@@ -146,8 +145,7 @@ class FluxIPAdapter:
         x = F.linear(tokens.float(), weight.float(), None if bias is None else bias.float())
         if not self.kind.rms_kv:
             return x
-        heads = x.unflatten(-1, (-1, head_dim))
-        return (heads * torch.rsqrt(heads.pow(2).mean(-1, keepdim=True) + _RMS_EPS)).flatten(-2)
+        return rms_norm(x.unflatten(-1, (-1, head_dim)), _RMS_EPS).flatten(-2)
 
 
 def is_xlabs(groups: Groups) -> bool:

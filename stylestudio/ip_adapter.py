@@ -209,6 +209,12 @@ def project_image_features(weights: IPAdapterWeights, features: Tensor) -> Tenso
     return perceiver_resample(p, x)
 
 
+def rms_norm(x: Tensor, eps: float, weight: Tensor | None = None) -> Tensor:
+    """RMSNorm over the last dim (per head, where the DiT adapters normalise keys/values), with an optional weight."""
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return normed if weight is None else normed * weight
+
+
 def norm_tokens(flat: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> Tensor:
     """``(images, N * C)`` -> ``(images, N, C)`` layer-normed tokens: how every linear or MLP image projection ends."""
     width = norm_weight.shape[0]

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .dit import ATTENTION, ImageBranch
 from .dit_blocks import DiTBlock, mmdit_blocks
 from .dit_adapters import Layout
-from .ip_adapter import IPAdapterError, perceiver_resample
+from .ip_adapter import IPAdapterError, perceiver_resample, rms_norm
 from .patches import NEGATIVE
 from .tensor_group import TensorGroup
 
@@ -196,10 +196,6 @@ def split_heads(x: Tensor, head_dim: int) -> Tensor:
     return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
 
 
-def rms_norm(x: Tensor, weight: Tensor) -> Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + _NORM_EPS) * weight
-
-
 def block_keys_values(block: dict[str, Tensor], tokens: Tensor, time_emb: Tensor) -> tuple[Tensor, Tensor]:
     """One block's IP keys (after ``norm_ip_k``) and values, ``(B, H, N, D)``, from tokens ``(B, N, width)`` and time ``(B, hidden)``.
 
@@ -209,7 +205,7 @@ def block_keys_values(block: dict[str, Tensor], tokens: Tensor, time_emb: Tensor
     shift, scale = F.linear(F.silu(time_emb.to(tokens.dtype)), w["norm_ip.linear.weight"], w["norm_ip.linear.bias"]).chunk(2, dim=-1)
     normed = torch.addcmul(shift[:, None], F.layer_norm(tokens, tokens.shape[-1:], eps=_NORM_EPS), 1 + scale[:, None])
     head_dim = w["norm_q.weight"].shape[0]
-    k = rms_norm(split_heads(F.linear(normed, w["to_k_ip.weight"]), head_dim), w["norm_ip_k.weight"])
+    k = rms_norm(split_heads(F.linear(normed, w["to_k_ip.weight"]), head_dim), _NORM_EPS, w["norm_ip_k.weight"])
     return k, split_heads(F.linear(normed, w["to_v_ip.weight"]), head_dim)
 
 
@@ -221,7 +217,7 @@ def adapter_norm(x: Tensor, adapter_weight: Tensor, block_weight: Tensor | None)
     """
     adapter_weight = adapter_weight.to(x.device, x.dtype)
     if block_weight is None:
-        return rms_norm(x, adapter_weight)
+        return rms_norm(x, _NORM_EPS, adapter_weight)
     return x * (adapter_weight / block_weight.to(x.device, x.dtype))
 
 
