@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 PROBES = Path(__file__).resolve().parents[1] / "tests" / "comfyui" / "probes"
@@ -46,6 +44,7 @@ def overhead(args: argparse.Namespace) -> None:
     import comfy.supported_models
     import comfyui_stylemamba.stylestudio.dit as dit
     from comfyui_stylemamba.nodes.stylestudio_dit_nodes import StyleStudioCrossAdaINDiT
+    from dit_overhead import count_handover, print_table, round_robin_medians, seconds_per_call
 
     torch.set_num_threads(args.threads)  # CPU time of idle-spinning worker threads would count as work on a busy machine
     heads = args.width // 64
@@ -57,34 +56,15 @@ def overhead(args: argparse.Namespace) -> None:
     text = [[torch.randn(1, args.text_tokens, args.context, generator=generator),
              {"pooled_output": torch.randn(1, probe.POOLED, generator=generator)}]]
     latent = (1, 16, args.side, args.side)
-    handed: list[int] = []
-    run = dit.DiTStyleWrapper._run
-
-    def measuring_run(self, apply_model, call_args, batch, handover):
-        if handover is not None and not handover.recording:
-            handed.append(sum(t.numel() * t.element_size() for qk in handover.qk.values() for t in qk))
-        return run(self, apply_model, call_args, batch, handover)
-
-    dit.DiTStyleWrapper._run = measuring_run
-
+    handed = count_handover(dit)
     x = torch.randn(latent, generator=torch.Generator().manual_seed(2))
     sigma = torch.tensor([1.0])  # the teacher is on at every sigma (teacher_end_percent 1.0)
 
     def per_step(model, positive, negative) -> float:
-        """CPU seconds of this process per model call, as a sampler makes it at cfg 1 (wall time on a shared machine
-        measures the neighbours; calling the model directly leaves out ComfyUI's model loading between configurations)."""
+        """As a sampler calls the model at cfg 1 (calling it directly leaves out ComfyUI's model loading in between)."""
         (context, options), = positive
-        c = {"c_crossattn": context, "y": options["pooled_output"], "guidance": torch.tensor([3.5]),
-             "transformer_options": {**model.model_options["transformer_options"], "sigmas": sigma, "cond_or_uncond": [0]}}
-        wrapper, apply_model = model.model_options.get("model_function_wrapper"), base.model.apply_model
-        start = time.process_time()
-        with torch.inference_mode():
-            for _ in range(args.steps):
-                if wrapper is None:
-                    apply_model(x, sigma, **c)
-                else:
-                    wrapper(apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": [0]})
-        return (time.process_time() - start) / args.steps
+        c = {"c_crossattn": context, "y": options["pooled_output"], "guidance": torch.tensor([3.5])}
+        return seconds_per_call(model, x, sigma, c, [0], args.steps)
 
     def styled(teacher: bool):
         with torch.inference_mode():
@@ -100,12 +80,8 @@ def overhead(args: argparse.Namespace) -> None:
         configurations = {"unpatched (no adapter)": (base, text, text), "plain IP-Adapter (strength 0)": (with_adapter(0.0, False), text, text),
                           f"StyleStudio, {args.layers}": (with_adapter(1.0, False), text, text),
                           f"StyleStudio, {args.layers}, teacher on every step": (with_adapter(1.0, True), text, text)}
-    runs: dict[str, list[float]] = {name: [] for name in configurations}
-    for _ in range(args.repeats):  # round robin, so a busy moment does not fall on one configuration only
-        for name, configuration in configurations.items():
-            runs[name].append(per_step(*configuration))
-    rows = {name: statistics.median(times) for name, times in runs.items()}
-    unpatched = next(iter(rows.values()))
+    rows = round_robin_medians({name: lambda c=configuration: per_step(*c) for name, configuration in configurations.items()},
+                               args.repeats)
     blocks = args.double + args.single
     flux_bytes = 57 * 2 * 3072 * (args.flux_side // 16) ** 2 * 2
     print(f"# StyleStudio (DiT) overhead, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
@@ -113,9 +89,7 @@ def overhead(args: argparse.Namespace) -> None:
     style = f"{probe.PATCHES} Redux tokens" if args.adapter == "redux" else f"a {args.adapter} IP-Adapter ({args.ip_tokens} tokens)"
     print(f"model: hidden {args.width}, {heads} heads, {args.double} double + {args.single} single blocks; "
           f"{(args.side // 2) ** 2} image tokens, {args.text_tokens} text tokens, {style}; {args.steps} steps, cfg 1\n")
-    print("| configuration | CPU s/step | × unpatched |\n|---|---|---|")
-    for name, seconds in rows.items():
-        print(f"| {name} | {seconds:.4f} | {seconds / unpatched:.2f} |")
+    print_table(rows, "unpatched")
     print(f"\nhand-over per model call: {max(handed) / 2**20:.2f} MiB measured ({blocks} blocks, fp32); "
           f"Flux.1 at {args.flux_side}² in bf16, batch 1: 57 blocks × 2 × 3072 × {(args.flux_side // 16) ** 2} × 2 B "
           f"= {flux_bytes / 2**30:.2f} GiB")

@@ -8,7 +8,7 @@ the node's model wrapper; CPU seconds of this process per call (median of round-
 adapter, the plain IP-Adapter (strength 0), StyleStudio, and StyleStudio with the teacher active on every step; and the
 bytes the teacher hands over per call (each block's image queries and keys), measured, beside the same count for SD3.5
 Large. A separate script from ``stylestudio_dit.py`` because SD3's setting differs throughout (CFG batch, adapter file,
-no Redux); kept beside it so both read the same way.
+no Redux); the timing, the round robin and the hand-over count are both scripts' (``dit_overhead``).
 
     PYTHONPATH=. python .../benchmarks/stylestudio_sd3.py --depth 4 --side 32
 """
@@ -16,13 +16,10 @@ no Redux); kept beside it so both read the same way.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import platform
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 PROBES = Path(__file__).resolve().parents[1] / "tests" / "comfyui" / "probes"
@@ -47,42 +44,19 @@ def main() -> None:
     from builders import sd35_ip_adapter_layout
 
     import comfyui_stylemamba.stylestudio.dit as dit
+    from dit_overhead import count_handover, print_table, round_robin_medians, seconds_per_call
     import folder_paths
 
     torch.set_num_threads(args.threads)  # CPU time of idle-spinning worker threads would count as work on a busy machine
     width, context = 64 * args.depth, 64
     base = probe.tiny_sd3(depth=args.depth, num_blocks=args.blocks, pos_embed_max_size=args.side // 2, num_patches=(args.side // 2) ** 2,
                           context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": context, "out_features": width}})
-    handed: list[int] = []
-
-    @dataclasses.dataclass
-    class MeasuredHandover(dit.TeacherHandover):
-        """The hand-over the styled pass receives, with its bytes counted (the wrapper builds it from the teacher's record)."""
-
-        def __post_init__(self) -> None:
-            if not self.recording:
-                handed.append(sum(t.numel() * t.element_size() for qk in self.qk.values() for t in qk))
-
-    dit.TeacherHandover = MeasuredHandover
+    handed = count_handover(dit)
     generator = torch.Generator().manual_seed(3)
     x = torch.randn((2, 16, args.side, args.side), generator=generator)
     c = {"c_crossattn": torch.randn(2, args.text_tokens, context, generator=generator),
          "y": torch.randn(2, probe.POOLED, generator=generator)}
     sigma = torch.tensor([1.0, 1.0])  # the first step's sigma: inside the teacher's window (the probe's node call ends it at 50 %)
-
-    def per_step(model) -> float:
-        """CPU seconds of this process per model call (wall time on a shared machine measures the neighbours)."""
-        options = {**model.model_options["transformer_options"], "sigmas": sigma, "cond_or_uncond": [0, 1]}
-        wrapper, apply_model = model.model_options.get("model_function_wrapper"), base.model.apply_model
-        start = time.process_time()
-        with torch.inference_mode():
-            for _ in range(args.steps):
-                call = {**c, "transformer_options": options}
-                if wrapper is None:
-                    apply_model(x, sigma, **call)
-                else:
-                    wrapper(apply_model, {"input": x, "timestep": sigma, "c": call, "cond_or_uncond": [0, 1]})
-        return (time.process_time() - start) / args.steps
 
     with tempfile.TemporaryDirectory() as folder:
         layout = sd35_ip_adapter_layout(width, args.depth, args.blocks, features=probe.FEATURES, hidden=64, queries=16)
@@ -91,20 +65,15 @@ def main() -> None:
         configurations = {"no adapter": base, "plain IP-Adapter (strength 0)": probe.patch(base, 0.0, layers=args.layers),
                           f"StyleStudio, {args.layers}": probe.patch(base, layers=args.layers),
                           f"StyleStudio, {args.layers}, teacher on every step": probe.patch(base, layers=args.layers, teacher=True)}
-    runs: dict[str, list[float]] = {name: [] for name in configurations}
-    for _ in range(args.repeats):  # round robin, so a busy moment does not fall on one configuration only
-        for name, model in configurations.items():
-            runs[name].append(per_step(model))
-    rows = {name: statistics.median(times) for name, times in runs.items()}
+    rows = round_robin_medians({name: lambda m=model: seconds_per_call(m, x, sigma, c, [0, 1], args.steps)
+                                for name, model in configurations.items()}, args.repeats)
     tokens = (args.sd35_side // 16) ** 2
     sd35_bytes = 38 * 2 * 2432 * tokens * 2 * 2
     print(f"# StyleStudio (SD3.5 IP-Adapter) overhead, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"model: MMDiT {width} wide, {args.depth} heads, {args.blocks} joint blocks; {(args.side // 2) ** 2} image tokens, "
           f"{args.text_tokens} text tokens, 16 IP tokens; {args.steps} steps, CFG batch of 2\n")
-    print("| configuration | CPU s/step | × no adapter |\n|---|---|---|")
-    for name, seconds in rows.items():
-        print(f"| {name} | {seconds:.4f} | {seconds / rows['no adapter']:.2f} |")
+    print_table(rows, "no adapter")
     print(f"\nhand-over per model call: {max(handed) / 2**20:.2f} MiB measured ({args.blocks} blocks, fp32, batch 2); SD3.5 Large "
           f"at {args.sd35_side}² in bf16 with CFG: 38 blocks × 2 × 2432 × {tokens} × 2 B × 2 = {sd35_bytes / 2**30:.2f} GiB")
 
