@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import PackError
 from .images import resize
+from .pretrained import pretrained_source, quiet_loading
 
 #: Files a SigLIP folder needs; quoted in the error when a model cannot be found.
 REQUIRED_FILES = "config.json, model.safetensors (or pytorch_model.bin), tokenizer_config.json, spiece.model / tokenizer.json"
@@ -37,27 +38,27 @@ class EncoderNotFoundError(PackError, FileNotFoundError):
     """The SigLIP weights are neither in a local folder nor downloadable."""
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Loading one tower of a full SigLIP checkpoint lists the other tower's keys as unexpected: expected here."""
-    from transformers.utils import logging
+def _folder_name(name: str) -> str:
+    """The folder a SigLIP goes in under ComfyUI/models/siglip/: a path's or hub id's last part."""
+    return name.replace("\\", "/").rstrip("/").split("/")[-1]
 
-    previous = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(previous)
+
+def check_encoder_source(name: str) -> bool:
+    """A SigLIP folder that exists, or a hub id that is cached or downloadable now; returns ``local_files_only``."""
+    files = f"{REQUIRED_FILES}; in ComfyUI the folder goes in ComfyUI/models/siglip/{_folder_name(name)}/"
+    return pretrained_source(name, "SigLIP encoder", files, EncoderNotFoundError)
 
 
 @contextlib.contextmanager
-def _loading(name: str) -> Iterator[None]:
-    """Quiet transformers while it loads ``name``, and turn its not-found errors into one that says where files go."""
+def _loading(name: str) -> Iterator[bool]:
+    """Check where ``name`` comes from (yields ``local_files_only``), quiet transformers while it loads, and turn
+    its not-found errors into one that says where the files go."""
+    folder = _folder_name(name)
+    local_files_only = check_encoder_source(name)
     try:
-        with _quiet_transformers():
-            yield
+        with quiet_loading("transformers"):
+            yield local_files_only
     except (OSError, ValueError) as error:
-        folder = name.rstrip("/").split("/")[-1]
         raise EncoderNotFoundError(
             f"SigLIP encoder {name!r} could not be loaded ({type(error).__name__}: {error}). "
             f"Put its files ({REQUIRED_FILES}) in a folder such as ComfyUI/models/siglip/{folder}/ "
@@ -75,8 +76,8 @@ def embedding_width(name_or_path: str) -> int:
     """The style width a SigLIP gives, read from its config alone: no weights are loaded or downloaded."""
     from transformers import AutoConfig
 
-    with _loading(name_or_path):
-        config = AutoConfig.from_pretrained(name_or_path)
+    with _loading(name_or_path) as local_files_only:
+        config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_files_only)
     return text_embedding_width(config)
 
 
@@ -89,7 +90,7 @@ def encoder_identity(name_or_path: str, width: int) -> tuple[str, int]:
     name one model when those tails agree (case-insensitively). Two different folders with the same
     name and width are taken as the same model: name them apart.
     """
-    return name_or_path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1].casefold(), width
+    return _folder_name(name_or_path).casefold(), width
 
 
 @dataclass
@@ -109,9 +110,9 @@ class TextEncoder:
     def from_pretrained(cls, name_or_path: str, local_files_only: bool = False) -> "TextEncoder":
         from transformers import AutoTokenizer, SiglipTextModel
 
-        with _loading(name_or_path):
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
-            model = SiglipTextModel.from_pretrained(name_or_path, local_files_only=local_files_only)
+        with _loading(name_or_path) as on_disk:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only or on_disk)
+            model = SiglipTextModel.from_pretrained(name_or_path, local_files_only=local_files_only or on_disk)
         model.eval().requires_grad_(False)
         return cls(name_or_path, model, tokenizer, model.config.max_position_embeddings)
 
@@ -150,8 +151,8 @@ class ImageEncoder:
     def from_pretrained(cls, name_or_path: str, local_files_only: bool = False) -> "ImageEncoder":
         from transformers import SiglipVisionModel
 
-        with _loading(name_or_path):
-            model = SiglipVisionModel.from_pretrained(name_or_path, local_files_only=local_files_only)
+        with _loading(name_or_path) as on_disk:
+            model = SiglipVisionModel.from_pretrained(name_or_path, local_files_only=local_files_only or on_disk)
         model.eval().requires_grad_(False)
         mean, std = image_normalisation(name_or_path, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         return cls(name_or_path, model, model.config.image_size, mean, std)

@@ -6,9 +6,10 @@ the evaluation grids all see the same pixels.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -109,18 +110,34 @@ def square(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized[..., top : top + size, left : left + size].clamp(0, 1)
 
 
-def load_image(path: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
-    """An image file → (1, 3, H, W) in [0, 1], or as ``from_pil`` gives another PIL mode (a mask as "L")."""
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """A picture file opened by PIL, or an error naming the file: missing, a folder, or not a picture PIL reads."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise FileNotFoundError(f"image not found: {path}" + (" (it is a folder)" if path.is_dir() else ""))
     try:
         with Image.open(path) as image:
-            return from_pil(image, mode)
+            yield image
     except UnidentifiedImageError as error:
         raise ValueError(f"{path} is not an image file PIL can read") from error
+    except (OSError, SyntaxError) as error:  # PIL's verify/decode errors for damaged files
+        raise ValueError(f"{path} is a damaged or truncated image ({error})") from error
+
+
+def load_image(path: str | os.PathLike, mode: str = "RGB") -> torch.Tensor:
+    """An image file → (1, 3, H, W) in [0, 1], or as ``from_pil`` gives another PIL mode (a mask as "L")."""
+    with _opened(Path(path)) as image:
+        return from_pil(image, mode)
+
+
+def check_image_file(path: str | os.PathLike) -> Path:
+    """The errors ``load_image`` would raise for ``path``, from the file's header and structure alone (no decode):
+    the commands check every image this way before they spend time loading a model."""
+    with _opened(Path(path)) as image:
+        image.verify()
+    return Path(path)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

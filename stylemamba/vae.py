@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .pretrained import pretrained_source, quiet_loading
+
 SUPPORTED_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 
 
@@ -41,24 +43,35 @@ class DiffusersVAE:
         return (self.model.decode(latents).sample / 2 + 0.5).clamp(0, 1)
 
 
+#: What a local VAE folder holds; quoted when one cannot be found.
+VAE_FILES = "config.json + diffusion_pytorch_model.safetensors (diffusers format)"
+
+
+def check_vae_source(name_or_path: str) -> bool:
+    """A VAE folder that exists, or a hub id that is cached or downloadable now; returns ``local_files_only``."""
+    return pretrained_source(name_or_path, "VAE", VAE_FILES)
+
+
 def load_diffusers_vae(name_or_path: str, device: torch.device | str = "cpu") -> DiffusersVAE:
     """Load from a local diffusers folder or a hub id; the class is read from its config.json."""
-    import diffusers
-
+    local_files_only = check_vae_source(name_or_path)
     class_name = "AutoencoderKL"
-    config_file = Path(name_or_path) / "config.json"
+    config_file = Path(name_or_path).expanduser() / "config.json"
     if config_file.is_file():
         class_name = json.loads(config_file.read_text()).get("_class_name", class_name)
-    elif Path(name_or_path).exists():
-        raise FileNotFoundError(f"{name_or_path} has no config.json: give a diffusers VAE folder or a hub id")
+    elif Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"{name_or_path} has no config.json: give a diffusers VAE folder ({VAE_FILES}) or a hub id")
     if class_name not in SUPPORTED_CLASSES:
         raise ValueError(f"{name_or_path} holds a {class_name}; supported VAEs: {', '.join(SUPPORTED_CLASSES)}")
     try:
-        model = getattr(diffusers, class_name).from_pretrained(name_or_path)
+        with quiet_loading("diffusers"):
+            import diffusers
+
+            model = getattr(diffusers, class_name).from_pretrained(name_or_path, local_files_only=local_files_only)
     except OSError as error:
         raise FileNotFoundError(
-            f"VAE {name_or_path!r} could not be loaded ({error}); pass a local diffusers VAE folder "
-            "(config.json + diffusion_pytorch_model.safetensors) or run with network access"
+            f"VAE {name_or_path!r} could not be loaded ({error}); pass a local diffusers VAE folder ({VAE_FILES}) "
+            "or run with network access"
         ) from error
     return DiffusersVAE(name_or_path, model.to(device).eval().requires_grad_(False))
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from comfyui_stylemamba.sys_path_guard import drop_package_folder
+
+drop_package_folder()  # ``python -m pytest`` from the repository root put it first: see sys_path_guard
+
 import pytest
 import torch
 

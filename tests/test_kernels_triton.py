@@ -71,7 +71,7 @@ def run_cases() -> dict[str, dict[str, float]]:
     """Every case on backend='triton' and 'reference' (child process only); checks first, at real sizes."""
     from comfyui_stylemamba.kernels import cross_scan_2d, selective_scan, temporal_scan, triton_scan
     from test_kernels import make_1d, make_2d
-    from tests.test_kernels_temporal import make_video
+    from test_kernels_temporal import make_video
 
     results: dict = {"self_check": run_self_checks()}
     triton_scan.CHUNK, triton_scan.BLOCK_D = 4, 4
@@ -191,6 +191,5 @@ def test_self_check_passes_on_the_interpreted_kernels(interpreted, dtype, tolera
     assert verdict["difference"] < tolerance / 3
 
 
-if __name__ == "__main__":
-    sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
+if __name__ == "__main__":  # run as a script, this file's folder (tests/) is sys.path[0]: its helpers import from there
     print(json.dumps(run_cases()))

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy
 import pytest
@@ -67,6 +68,9 @@ def test_resume_repeats_the_uninterrupted_run(tmp_path, dataset, tiny_vae, tiny_
     assert Image.open(straight / "loss.png").size == (640, 360)
 
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
 def test_ddp_with_two_gloo_processes(tmp_path, dataset, tiny_vae, tiny_siglip):
     out = tmp_path / "ddp"
     command = [
@@ -74,7 +78,8 @@ def test_ddp_with_two_gloo_processes(tmp_path, dataset, tiny_vae, tiny_siglip):
         "-m", "comfyui_stylemamba", *train_args(dataset, tiny_vae, tiny_siglip, out, "--steps", "2", "--checkpoint-every", "1"),
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    # from the repository root, where ``-m`` puts this folder first on sys.path (the pack's guard takes it off)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment, cwd=REPO_ROOT)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert finished.stdout.count("finished 2 steps") == 1  # only rank 0 reports and writes
     assert [r["step"] for r in log_rows(out)] == ["1", "2"]

@@ -13,7 +13,9 @@ COMMANDS = {"stylize": stylize, "fit": fit, "train": train, "evaluate": evaluate
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stylemamba", description="StyleMamba text-driven style transfer in VAE latent space."
+        prog="stylemamba",
+        description="StyleMamba style transfer in VAE latent space, from a style text, style images or a mix of them: "
+        "stylize images, fit one style, train one model over many styles, evaluate against CLIPstyler, check the install.",
     )
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():

@@ -26,12 +26,13 @@ from ..image_style import encode_reference_style
 from ..atomic import write_atomically
 from ..images import labelled_grid, list_images, load_image, save_image, square, to_pil
 from ..training.losses import vgg_content_loss
-from ..training.metrics import OpenAIClip, siglip_clip_score, ssim
+from ..training.metrics import OpenAIClip, check_clip_source, siglip_clip_score, ssim
 from ..training.score import style_similarity
 from ..style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylize import stylize_latents
 from ..vae import DiffusersVAE, load_diffusers_vae, pad_to_multiple
 from ..training.vgg import VGG19Features, load_vgg19
+from .checks import check_images, check_model_sources, require_file, require_text
 from .prompts import read_styles
 from .styles import load_reference
 
@@ -185,8 +186,10 @@ def check_arguments(args: argparse.Namespace) -> tuple[list[Path], list[str], di
             raise FileExistsError(f"{args.output / written} already exists; pass --overwrite or choose another folder")
     if args.vgg_weights is not None and not args.vgg_weights.is_file():
         raise FileNotFoundError(f"--vgg-weights file not found: {args.vgg_weights}")
+    require_file(args.checkpoint, "--checkpoint")
+    require_text(args.source, "--source", "content description", "a photo")
     prompts = read_styles(args.styles) if args.styles is not None else []
-    return list_images(args.images), prompts, {str(path): load_reference(path) for path in args.style_image}
+    return check_images(list_images(args.images)), prompts, {str(path): load_reference(path) for path in args.style_image}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -197,9 +200,12 @@ def run(args: argparse.Namespace) -> int:
     vae_name = args.vae or style_mamba.training.get("vae")
     if not vae_name:
         raise ValueError("the checkpoint does not record its VAE: pass --vae (the diffusers VAE it was trained on)")
+    encoder_name = style_mamba.text_encoder = args.text_encoder or style_mamba.text_encoder
+    check_model_sources(vae_name, encoder_name)
+    if args.clip_model:
+        check_clip_source(args.clip_model)
     vae = load_diffusers_vae(vae_name, device)
     style_mamba.model.check_latent_channels(vae.latent_channels)
-    encoder_name = style_mamba.text_encoder = args.text_encoder or style_mamba.text_encoder
     text_encoder = TextEncoder.from_pretrained(encoder_name)
     scorer = Scorer(
         image_encoder=ImageEncoder.from_pretrained(encoder_name),

@@ -14,14 +14,16 @@ from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import DEFAULT_TEXT_ENCODER
-from ..encoders import ImageEncoder, TextEncoder
+from ..encoders import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
 from ..training.fit import CONTENT_LOSSES, FitResult, FitSettings, fit_model
 from ..images import IMAGE_SUFFIXES, list_images, load_image, resize
 from ..training.losses import STYLE_STATISTICS, LossWeights, video_weights
 from ..training.reference_styles import fit_target_style
+from .checks import at_least, check_images, check_model_sources, require_file, require_text
 from .styles import load_reference
 from ..style import DEFAULT_SOURCE_TEXT, encode_text_style
 from ..training.taesd import FAMILIES, load_tiny_decoder
+from ..training.vgg import require_weights_file
 from ..vae import DiffusersVAE, load_diffusers_vae
 
 HELP = "Fit a StyleMamba checkpoint to one style (a text, style images, or both) on a few content images."
@@ -87,8 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> FitSettings:
-    if args.max_resolution < 8:
-        raise ValueError(f"--max-resolution must be at least 8, got {args.max_resolution}")
+    at_least(args.iterations, 1, "--iterations")
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be above 0, got {args.lr:g}")
+    at_least(args.max_resolution, 8, "--max-resolution")
     if args.content_loss == "vgg" and args.vgg_weights is None:
         raise ValueError("--content-loss vgg needs --vgg-weights (a VGG-19 state dict file)")
     style_stats_weight = getattr(args, "style_stats_weight", 0.0)  # ``stylize`` fits on text alone: no such option
@@ -108,6 +112,27 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
     )
 
 
+def check_fit_arguments(args: argparse.Namespace) -> FitSettings:
+    """Every fitting option (numbers, loss settings, the files they name) before a model loads."""
+    settings = settings_from_args(args)
+    if args.vgg_weights is not None:
+        require_weights_file(args.vgg_weights)
+    if args.train_decoder != "vae":
+        require_file(Path(args.train_decoder), "--train-decoder")
+    return settings
+
+
+def load_vae_and_siglip(
+    args: argparse.Namespace, encoder_name: str, image_tower: bool = True
+) -> tuple[DiffusersVAE, TextEncoder, ImageEncoder | None]:
+    """The VAE and SigLIP's text tower (and image tower), one progress line each. The towers come from the
+    encoders' cache, so the fit and the apply after it in ``stylize`` share one load."""
+    tqdm.write(f"loading the VAE {args.vae}")
+    vae = load_diffusers_vae(args.vae, args.device)
+    tqdm.write(f"loading SigLIP {encoder_name}")
+    return vae, load_text_encoder(encoder_name), load_image_encoder(encoder_name) if image_tower else None
+
+
 def content_files(paths: list[Path], video: bool) -> list[Path]:
     """The content images; with ``video`` a folder stands for its frames and a video file is refused by name."""
     files = []
@@ -125,7 +150,7 @@ def content_files(paths: list[Path], video: bool) -> list[Path]:
             raise ValueError(f"{path} is a folder: name the image files, or pass --video to read it as a clip's frames")
         else:
             files.append(path)
-    return files
+    return check_images(files)
 
 
 def load_content(paths: list[Path], video: bool = False) -> torch.Tensor:
@@ -162,8 +187,8 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE, style_images: li
     decode = training_decoder(args, vae)
     text_style = None
     if args.style is not None:
-        text_style = encode_text_style(TextEncoder.from_pretrained(args.text_encoder), args.style, args.source)
-    image_encoder = ImageEncoder.from_pretrained(args.text_encoder)
+        text_style = encode_text_style(load_text_encoder(args.text_encoder), args.style, args.source)
+    image_encoder = load_image_encoder(args.text_encoder)
     style = fit_target_style(text_style, image_encoder, style_images, content)
     vgg = None
     if settings.content_loss == "vgg" or settings.weights.style_statistics > 0:
@@ -191,6 +216,7 @@ def fit_checkpoint(args: argparse.Namespace, vae: DiffusersVAE, style_images: li
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every input problem first, in under a second: models take seconds to minutes to load.
     if args.output.suffix != ".safetensors":
         raise ValueError(f"-o must name a .safetensors checkpoint, got {args.output}")
     if args.output.exists() and not args.overwrite:
@@ -200,9 +226,13 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("no style given: pass --style TEXT and/or --style-image PATH")
     if args.style is not None and not args.style.strip():
         raise ValueError("--style is empty: describe a style, e.g. 'a watercolor painting', or leave it out and pass --style-image")
-    settings_from_args(args)  # every option problem before a model loads
+    require_text(args.source, "--source", "content description", "a photo")
+    check_fit_arguments(args)
+    require_file(args.start, "--start")
     style_images = [load_reference(path) for path in args.style_image]
-    result = fit_checkpoint(args, load_diffusers_vae(args.vae, args.device), style_images)
+    check_model_sources(args.vae, args.text_encoder)
+    vae, _, _ = load_vae_and_siglip(args, args.text_encoder)
+    result = fit_checkpoint(args, vae, style_images)
     save_checkpoint(result.style_mamba, args.output, overwrite=args.overwrite)
     print(
         f"wrote {args.output}: {len(result.history)} steps in {result.seconds:.1f} s "

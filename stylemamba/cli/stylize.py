@@ -9,16 +9,20 @@ import torch
 from tqdm import tqdm
 
 from ..checkpoint import load_checkpoint, save_checkpoint
-from .fit import DEFAULT_VAE, add_fit_arguments, fit_checkpoint
+from .checks import check_images, check_model_sources, require_file, require_text
+from .fit import DEFAULT_VAE, add_fit_arguments, check_fit_arguments, fit_checkpoint, load_vae_and_siglip
 from .styles import add_style_arguments, command_style, read_style_arguments
 from ..config import DEFAULT_TEXT_ENCODER
-from ..encoders import ImageEncoder, TextEncoder
 from ..images import load_image, save_image
 from ..style import DEFAULT_SOURCE_TEXT
 from ..stylize import stylize_latents
-from ..vae import load_diffusers_vae, pad_to_multiple
+from ..vae import pad_to_multiple
 
-HELP = "Restyle images with a StyleMamba checkpoint and a style text, style images, or a (regional) mix of them."
+HELP = (
+    "Restyle images with a StyleMamba checkpoint and a style text, style images, or a (regional) mix of them. Without "
+    "--checkpoint it first fits a model for --style on these images and saves it beside the output. The VAE and SigLIP "
+    "are hub ids downloaded once, or local folders (--vae, --text-encoder) for offline use."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="StyleMamba .safetensors checkpoint (default: fit one for --style on these images and save it beside the output)",
     )
     parser.add_argument("--vae", default=DEFAULT_VAE, help="diffusers VAE folder or hub id whose latents the checkpoint was trained on (default: %(default)s)")
-    parser.add_argument("--text-encoder", help="SigLIP folder or hub id (default: the one recorded in the checkpoint)")
+    parser.add_argument(
+        "--text-encoder",
+        help=f"SigLIP folder or hub id (default: the one recorded in --checkpoint; without one, {DEFAULT_TEXT_ENCODER})",
+    )
     parser.add_argument("--strength", type=float, default=1.0, help="0 keeps the content, 1 full style, up to 2 (default: %(default)s)")
     parser.add_argument("-o", "--output", type=Path, required=True, help="output file (one image) or folder (several)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device (default: %(default)s)")
@@ -54,30 +61,40 @@ def fitted_checkpoint_path(output: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Every input problem first, in under a second: models take seconds to minutes to load.
     if not 0.0 <= args.strength <= 2.0:
         raise ValueError(f"--strength must be between 0 and 2, got {args.strength}")
+    check_images(args.images)
+    if args.style is not None:
+        require_text(args.style, "--style")
+    require_text(args.source, "--source", "content description", "a photo")
     references, masks = read_style_arguments(args)
     targets = output_paths(args.images, args.output)
     for target in targets:
         if target.exists() and not args.overwrite:
             raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
-    vae = load_diffusers_vae(args.vae, args.device)
     if args.checkpoint is None:
         if args.style is None:
             raise ValueError("fitting on the fly (no --checkpoint) learns a --style text; pass --style, or a --checkpoint for --style-image alone")
         fitted_path = fitted_checkpoint_path(args.output)
         if fitted_path.exists() and not args.overwrite:
             raise FileExistsError(f"{fitted_path} already exists; pass it as --checkpoint, or --overwrite to fit again")
+        check_fit_arguments(args)
+        style_mamba = None
         args.text_encoder = args.text_encoder or DEFAULT_TEXT_ENCODER
-        style_mamba = fit_checkpoint(args, vae).style_mamba
-        tqdm.write(f"wrote {save_checkpoint(style_mamba, fitted_path, overwrite=args.overwrite)}")
     else:
+        require_file(args.checkpoint, "--checkpoint")
         style_mamba = load_checkpoint(args.checkpoint)
+        if args.text_encoder:  # as LoadStyleMamba's text_encoder: the model then takes styles from this SigLIP
+            style_mamba.text_encoder = args.text_encoder
+    encoder_name = args.text_encoder or style_mamba.text_encoder
+    check_model_sources(args.vae, encoder_name)
+
+    vae, encoder, image_encoder = load_vae_and_siglip(args, encoder_name, image_tower=style_mamba is None or bool(references))
+    if style_mamba is None:
+        style_mamba = fit_checkpoint(args, vae).style_mamba
+        tqdm.write(f"wrote {save_checkpoint(style_mamba, fitted_checkpoint_path(args.output), overwrite=args.overwrite)}")
     style_mamba.model.check_latent_channels(vae.latent_channels)
-    if args.text_encoder:  # as LoadStyleMamba's text_encoder: the model then takes styles from this SigLIP
-        style_mamba.text_encoder = args.text_encoder
-    encoder = TextEncoder.from_pretrained(style_mamba.text_encoder)
-    image_encoder = ImageEncoder.from_pretrained(style_mamba.text_encoder) if references else None
     style, mask = command_style(args, encoder, image_encoder, references, masks)
     for image_path, target in tqdm(list(zip(args.images, targets)), desc="stylize", unit="image"):
         image, (height, width) = pad_to_multiple(load_image(image_path).to(args.device), vae.downscale)

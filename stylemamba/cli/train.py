@@ -26,6 +26,7 @@ from ..training.losses import LossWeights
 from ..training.taesd import FAMILIES
 from ..training.train import PRECISIONS, Trainer, TrainingData, TrainSettings, init_distributed, latest_checkpoint
 from ..vae import DiffusersVAE, load_diffusers_vae
+from .checks import at_least, check_images, check_model_sources, require_file, require_text
 from .prompts import read_style_folders, read_styles
 from .styles import load_reference
 
@@ -119,9 +120,20 @@ def prepare_data(
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resolution < 8:
-        raise ValueError(f"--resolution must be at least 8, got {args.resolution}")
+    # Every input problem first, before any model loads (and before torchrun's processes meet).
+    at_least(args.resolution, 8, "--resolution")
+    for option in ("steps", "batch_size", "grad_accumulation", "lr_halving_steps", "checkpoint_every"):
+        at_least(getattr(args, option), 1, "--" + option.replace("_", "-"))
+    if not args.lr > 0:
+        raise ValueError(f"--lr must be above 0, got {args.lr:g}")
+    require_text(args.source, "--source", "content description", "a photo")
+    check_images(list_images(args.images))
+    require_file(args.start, "--start")
+    if args.train_decoder != "vae":
+        require_file(Path(args.train_decoder), "--train-decoder")
     prompts, folders = read_style_inputs(args)
+    for paths in folders.values():
+        check_images(paths)
     weights = LossWeights(num_crops=args.num_crops, contrastive=contrastive_weight(args, len(prompts) + len(folders)))
     settings = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, grad_accumulation=args.grad_accumulation, lr=args.lr,
@@ -131,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
     existing = latest_checkpoint(args.out / "checkpoints")
     if existing and not args.resume:
         raise FileExistsError(f"{args.out} already holds checkpoints (newest step {existing[0]}); pass --resume or choose another --out")
+    check_model_sources(args.vae, args.text_encoder)
     distributed = init_distributed(args.device)
     device = distributed.device
     vae = load_diffusers_vae(args.vae, device)

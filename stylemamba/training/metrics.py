@@ -12,10 +12,14 @@ import torch.nn.functional as F
 
 from ..encoders import ImageEncoder, TextEncoder, image_normalisation
 from ..images import square
+from ..pretrained import pretrained_source, quiet_loading
 
 #: OpenAI CLIP's preprocessing statistics, used when a model folder has no preprocessor_config.json.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: What a local CLIP folder holds; quoted when one cannot be found.
+CLIP_FILES = "config.json, model.safetensors, tokenizer files"
 
 #: ITU-R BT.601 luma weights: SSIM is computed on luminance, as in Wang et al.'s reference code.
 LUMA = (0.299, 0.587, 0.114)
@@ -36,6 +40,11 @@ def siglip_clip_score(image_encoder: ImageEncoder, text_encoder: TextEncoder, im
     return cosine_scores(image_features, text_encoder.encode_style(text, device=image_features.device))
 
 
+def check_clip_source(name_or_path: str) -> bool:
+    """A CLIP folder that exists, or a hub id that is cached or downloadable now; returns ``local_files_only``."""
+    return pretrained_source(name_or_path, "CLIP model", CLIP_FILES)
+
+
 @dataclass
 class OpenAIClip:
     """A transformers ``CLIPModel`` (e.g. openai/clip-vit-base-patch32) for the CLIP-score column."""
@@ -51,13 +60,15 @@ class OpenAIClip:
     def from_pretrained(cls, name_or_path: str) -> "OpenAIClip":
         from transformers import AutoTokenizer, CLIPModel
 
+        local_files_only = check_clip_source(name_or_path)
         try:
-            model = CLIPModel.from_pretrained(name_or_path)
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            with quiet_loading("transformers"):
+                model = CLIPModel.from_pretrained(name_or_path, local_files_only=local_files_only)
+                tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_files_only)
         except (OSError, ValueError) as error:
             raise FileNotFoundError(
                 f"CLIP model {name_or_path!r} could not be loaded ({type(error).__name__}: {error}); pass a local "
-                "transformers CLIP folder (config.json, model.safetensors, tokenizer files) or a hub id with network access"
+                f"transformers CLIP folder ({CLIP_FILES}) or a hub id with network access"
             ) from error
         mean, std = image_normalisation(name_or_path, CLIP_MEAN, CLIP_STD)
         return cls(name_or_path, model.eval().requires_grad_(False), tokenizer, model.config.vision_config.image_size, mean, std)

@@ -76,8 +76,8 @@ class VGG19Features(nn.Module):
         return outputs
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A safetensors file, or a pickled .pth/.pt/.bin read with ``weights_only=True`` (no code runs)."""
+def require_weights_file(path: str | os.PathLike) -> Path:
+    """The VGG-19 weights file exists, or an error saying how to make one (the commands check this before any load)."""
     path = Path(path)
     if not path.is_file():
         raise VGGWeightsError(
@@ -85,6 +85,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "torch.save(torchvision.models.vgg19(weights='IMAGENET1K_V1').state_dict(), 'vgg19.pth'), "
             "and pass that file (.pth or .safetensors)"
         )
+    return path
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A safetensors file, or a pickled .pth/.pt/.bin read with ``weights_only=True`` (no code runs)."""
+    path = require_weights_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
