@@ -14,11 +14,20 @@ from ..stylestudio.dit import DiTBlockPatch, DiTStyleWrapper, ImageBranch, Image
 from ..stylestudio.dit_blocks import DiTBlock
 from ..stylestudio.hooks import SigmaWindow
 
-CATEGORY = "style_transfer/StyleStudio"
 #: ComfyUI's model folder of IP-Adapter files, shared with other IP-Adapter packs.
 IPADAPTER_FOLDER = "ipadapter"
 PERCENT = {"min": 0.0, "max": 1.0, "step": 0.01}
-PATCHED_MODEL_TOOLTIP = "The patched model (a clone; the input model is unchanged)."
+
+
+class StyleStudioNode:
+    """What the StyleStudio nodes share as ComfyUI nodes: their menu, their function ``patch``, and a patched MODEL out
+    (the Redux node adds the conditionings it extends)."""
+
+    RETURN_TYPES: tuple[str, ...] = ("MODEL",)
+    RETURN_NAMES: tuple[str, ...] = ("model",)
+    OUTPUT_TOOLTIPS: tuple[str, ...] = ("The patched model (a clone; the input model is unchanged).",)
+    FUNCTION = "patch"
+    CATEGORY = "style_transfer/StyleStudio"
 
 
 def strength_input(zero_is: str) -> tuple:

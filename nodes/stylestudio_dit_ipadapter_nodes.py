@@ -16,14 +16,14 @@ from ..stylestudio.dit import ImageStyle
 from ..stylestudio.dit_adapters import load_dit_adapter
 from ..stylestudio.dit_blocks import DIT_PRESETS, select_dit_blocks
 from . import comfy_bridge
-from .stylestudio_base import (CATEGORY, IPADAPTER_FOLDER, PATCHED_MODEL_TOOLTIP, check_window, layer_inputs, negative_style_input,
+from .stylestudio_base import (IPADAPTER_FOLDER, StyleStudioNode, check_window, layer_inputs, negative_style_input,
                                patch_dit_blocks, schedule_inputs, strength_input, style_image_input)
 
 #: The key of the adapter's weights among the patched MODEL's additional models (ComfyUI loads them with it).
 ADAPTER_WEIGHTS_KEY = "stylestudio_dit_ipadapter"
 
 
-class StyleStudioCrossAdaINDiTIPAdapter:
+class StyleStudioCrossAdaINDiTIPAdapter(StyleStudioNode):
     """StyleStudio on Flux.1 or SD3.5 with an IP-Adapter: cross-modal AdaIN on the adapter's branch, style-based CFG, teacher."""
 
     DESCRIPTION = (
@@ -36,12 +36,6 @@ class StyleStudioCrossAdaINDiTIPAdapter:
         "unconditional half (style-based CFG; it acts only with true CFG, cfg > 1). The teacher runs a pass without the "
         "adapter early in sampling and lends the styled pass its image-to-image attention maps."
     )
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = (PATCHED_MODEL_TOOLTIP,)
-    FUNCTION = "patch"
-    CATEGORY = CATEGORY
-
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {

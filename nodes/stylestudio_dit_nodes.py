@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import PackError
 from ..stylestudio.dit import ReduxStyle
 from ..stylestudio.dit_blocks import DIT_PRESETS, flux_blocks, select_dit_blocks
-from .stylestudio_base import (CATEGORY, check_window, layer_inputs, negative_style_input, patch_dit_blocks, schedule_inputs,
+from .stylestudio_base import (StyleStudioNode, check_window, layer_inputs, negative_style_input, patch_dit_blocks, schedule_inputs,
                                strength_input, style_image_input)
 
 REDUX_CLIP_VISION = "sigclip_vision_patch14_384 (SigLIP so400m)"
@@ -60,7 +60,7 @@ def append_tokens(conditioning: list, tokens: Tensor) -> list:
     return out
 
 
-class StyleStudioCrossAdaINDiT:
+class StyleStudioCrossAdaINDiT(StyleStudioNode):
     """StyleStudio on Flux.1 with Redux: cross-modal AdaIN in the chosen blocks, style-based CFG, teacher hand-over."""
 
     DESCRIPTION = (
@@ -76,8 +76,6 @@ class StyleStudioCrossAdaINDiT:
     RETURN_NAMES = ("model", "positive", "negative")
     OUTPUT_TOOLTIPS = ("The patched model (a clone).", "positive with the style tokens appended",
                        "negative, with the negative style's tokens appended when a negative style image is given")
-    FUNCTION = "patch"
-    CATEGORY = CATEGORY
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:

@@ -16,7 +16,7 @@ from ..stylestudio.ip_adapter import IPAdapterWeights, load_ip_adapter, style_to
 from ..stylestudio.layers import PRESETS, Block, Layer, select_layers, unet_cross_attention_layers
 from ..stylestudio.patches import CrossAdaINPatch, TeacherAttn1Patch, TeacherWrapper, style_kv
 from . import comfy_bridge
-from .stylestudio_base import (CATEGORY, IPADAPTER_FOLDER, PATCHED_MODEL_TOOLTIP, check_window, layer_inputs, negative_style_input,
+from .stylestudio_base import (IPADAPTER_FOLDER, StyleStudioNode, check_window, layer_inputs, negative_style_input,
                                replace_patches, schedule_inputs, sigma_window, strength_input, style_image_input)
 
 
@@ -35,7 +35,7 @@ def _patch_key(patches: dict, layer: Layer, layers_in_block: int) -> Layer | Blo
     return layer[:2] if layers_in_block == 1 and layer not in patches else layer
 
 
-class StyleStudioCrossAdaIN:
+class StyleStudioCrossAdaIN(StyleStudioNode):
     """Training-free StyleStudio (cross-modal AdaIN + style-based CFG + teacher) as native MODEL patches."""
 
     DESCRIPTION = (
@@ -47,12 +47,6 @@ class StyleStudioCrossAdaIN:
         "keep the prompt's layout. Stacks with LoRAs, ControlNets, IPAdapter_plus (before or after this node) and "
         "other attention patches."
     )
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = (PATCHED_MODEL_TOOLTIP,)
-    FUNCTION = "patch"
-    CATEGORY = CATEGORY
-
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {
