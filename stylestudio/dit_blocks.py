@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import PackError
-from .layers import parse_block_indices
+from .block_indices import parse_block_indices
 
 DiTBlock = tuple[str, int]
 

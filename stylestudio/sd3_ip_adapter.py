@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .adapter_files import Groups, IPAdapterError, Layout
-from .attention import Attend, rms_norm, split_heads
+from .attention import Attend, merge_heads, rms_norm, split_heads
 from .dit import ATTENTION, ImageBranch
 from .dit_blocks import DiTBlock, mmdit_blocks
 from .hooks import NEGATIVE
@@ -273,7 +273,7 @@ class SD3BlockKV:
             raise ValueError("The SD3.5 IP-Adapter needs the step's sigma (transformer_options['sigmas']) for its Resampler")
         tokens, time_emb = self.tokens.get(half, sigmas, like.device)
         k, v = block_keys_values(self.weights.tensors(), tokens.to(like.dtype), time_emb.to(like.dtype))
-        return tuple(t.transpose(1, 2).flatten(2) for t in (k, v))
+        return merge_heads(k), merge_heads(v)
 
 
 @dataclass(frozen=True, eq=False)
