@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from builders import sd35_ip_adapter_layout
+from adapter_layouts import sd35_ip_adapter_layout
 from torch import nn
 
 from comfyui_stylemamba.stylestudio.dit import (STYLE_KEY, BlockAttention, BranchCall, DiTBlockPatch, ImageStyle, StyleBatch,

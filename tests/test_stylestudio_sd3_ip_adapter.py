@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from builders import sd35_ip_adapter_layout
+from adapter_layouts import sd35_ip_adapter_layout
 from torch import nn
 
 from comfyui_stylemamba.stylestudio.adapter_files import IPAdapterError
