@@ -28,17 +28,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
 from pathlib import Path
 
-PROBES = Path(__file__).resolve().parents[1] / "tests" / "comfyui" / "probes"
 GROUPS = {"double 0-6": "0-6", "double 7-12": "7-12", "double 13-18": "13-18", "single 0-9": "19-28",
           "single 10-19": "29-38", "single 20-29": "39-48", "single 30-37": "49-56"}
 
 
 def overhead(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(PROBES))
-    import stylestudio_dit_in_comfyui as probe  # sets ComfyUI's --cpu before comfy.model_management loads
+    import comfy_standins as standins  # sets ComfyUI's --cpu before comfy.model_management loads
     import torch
 
     import comfy.supported_models
@@ -48,13 +45,13 @@ def overhead(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)  # CPU time of idle-spinning worker threads would count as work on a busy machine
     heads = args.width // 64
-    config = comfy.supported_models.Flux({**probe.FLUX, "hidden_size": args.width, "num_heads": heads, "axes_dim": [16, 24, 24],
+    config = comfy.supported_models.Flux({**standins.FLUX, "hidden_size": args.width, "num_heads": heads, "axes_dim": [16, 24, 24],
                                           "context_in_dim": args.context, "depth": args.double, "depth_single_blocks": args.single})
     config.set_inference_dtype(torch.float32, None)
-    base = probe.random_patcher(config.get_model({}))
+    base = standins.random_patcher(config.get_model({}))
     generator = torch.Generator().manual_seed(3)
     text = [[torch.randn(1, args.text_tokens, args.context, generator=generator),
-             {"pooled_output": torch.randn(1, probe.POOLED, generator=generator)}]]
+             {"pooled_output": torch.randn(1, standins.POOLED, generator=generator)}]]
     latent = (1, 16, args.side, args.side)
     handed = count_handover(dit)
     x = torch.randn(latent, generator=torch.Generator().manual_seed(2))
@@ -68,8 +65,8 @@ def overhead(args: argparse.Namespace) -> None:
 
     def styled(teacher: bool):
         with torch.inference_mode():
-            return StyleStudioCrossAdaINDiT().patch(base, text, text, probe.tiny_redux(context=args.context), probe.StandInSiglip(),
-                                                   probe.image(1.0), 1.0, args.layers, "0", 0.0, 1.0, teacher, 1.0)
+            return StyleStudioCrossAdaINDiT().patch(base, text, text, standins.tiny_redux(context=args.context), standins.StandInSiglip(),
+                                                   standins.image(1.0), 1.0, args.layers, "0", 0.0, 1.0, teacher, 1.0)
 
     if args.adapter == "redux":
         configurations = {"unpatched (plain Redux)": (base, styled(False)[1], text),
@@ -86,7 +83,7 @@ def overhead(args: argparse.Namespace) -> None:
     flux_bytes = 57 * 2 * 3072 * (args.flux_side // 16) ** 2 * 2
     print(f"# StyleStudio (DiT) overhead, {datetime.date.today()}, {platform.processor() or platform.machine()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    style = f"{probe.PATCHES} Redux tokens" if args.adapter == "redux" else f"a {args.adapter} IP-Adapter ({args.ip_tokens} tokens)"
+    style = f"{standins.REDUX_PATCHES} Redux tokens" if args.adapter == "redux" else f"a {args.adapter} IP-Adapter ({args.ip_tokens} tokens)"
     print(f"model: hidden {args.width}, {heads} heads, {args.double} double + {args.single} single blocks; "
           f"{(args.side // 2) ** 2} image tokens, {args.text_tokens} text tokens, {style}; {args.steps} steps, cfg 1\n")
     print_table(rows, "unpatched")
@@ -99,16 +96,16 @@ def ip_adapter_patcher(args: argparse.Namespace, base):
     """``with_adapter(strength, teacher) -> MODEL``: the IP-Adapter node with an XLabs or InstantX file at this model's widths."""
     import tempfile
 
-    import stylestudio_dit_ipadapter_in_comfyui as ip_probe
+    import comfy_standins as standins
     import torch
+    from adapter_layouts import instantx_flux_ip_adapter, xlabs_flux_ip_adapter
 
     import folder_paths
     from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import StyleStudioCrossAdaINDiTIPAdapter
-    from make_standins import instantx_flux_ip_adapter, xlabs_flux_ip_adapter
 
     folder = Path(tempfile.mkdtemp(prefix="stylestudio_dit_bench_"))
     folder_paths.add_model_folder_path("ipadapter", str(folder))
-    generator, clip_width = torch.Generator().manual_seed(4), ip_probe.CLIP_WIDTH[args.adapter]
+    generator, clip_width = torch.Generator().manual_seed(4), standins.CLIP_WIDTH[args.adapter]
     if args.adapter == "xlabs":
         name = "xlabs.safetensors"
         from safetensors.torch import save_file
@@ -121,7 +118,7 @@ def ip_adapter_patcher(args: argparse.Namespace, base):
 
     def with_adapter(strength: float, teacher: bool):
         with torch.inference_mode():
-            return StyleStudioCrossAdaINDiTIPAdapter().patch(base, name, ip_probe.StandInClipVision(clip_width), ip_probe.image(1.0),
+            return StyleStudioCrossAdaINDiTIPAdapter().patch(base, name, standins.StandInClipVision(clip_width), standins.image(1.0),
                                                             strength, args.layers, "0", 0.0, 1.0, teacher, 1.0)[0]
 
     return with_adapter

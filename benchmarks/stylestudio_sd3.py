@@ -2,7 +2,7 @@
 
 Run in ComfyUI's python with cwd = the ComfyUI root (``PYTHONPATH=.``); the model is ComfyUI's own MMDiT
 (``comfy.supported_models.SD3``: 64·depth wide, depth heads of 64, RMS q/k norm as SD3.5) with random weights, and the
-adapter a random InstantX SD3.5 IP-Adapter at the model's width (``tests/builders.sd35_ip_adapter_layout``). The model is
+adapter a random InstantX SD3.5 IP-Adapter at the model's width (``adapter_layouts.sd35_ip_adapter_layout``). The model is
 called once per step as a sampler calls it with real CFG (cond and uncond in one batch of 2, as SD3.5 runs), through
 the node's model wrapper; CPU seconds of this process per call (median of round-robin repeats) for: the model without
 adapter, the plain IP-Adapter (strength 0), StyleStudio, and StyleStudio with the teacher active on every step; and the
@@ -18,11 +18,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
-import sys
 import tempfile
 from pathlib import Path
 
-PROBES = Path(__file__).resolve().parents[1] / "tests" / "comfyui" / "probes"
+ADAPTER = "sd35-ip-adapter.bin"
 
 
 def main() -> None:
@@ -38,33 +37,40 @@ def main() -> None:
     parser.add_argument("--sd35-side", type=int, default=1024, help="image side for the SD3.5 Large hand-over estimate")
     args = parser.parse_args()
 
-    sys.path.insert(0, str(PROBES))
-    import stylestudio_mmdit_in_comfyui as probe  # sets ComfyUI's --cpu before comfy.model_management loads
+    import comfy_standins as standins  # sets ComfyUI's --cpu before comfy.model_management loads
     import torch
-    from builders import sd35_ip_adapter_layout
+    from adapter_layouts import sd35_ip_adapter_layout
 
     import comfyui_stylemamba.stylestudio.dit as dit
+    from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import StyleStudioCrossAdaINDiTIPAdapter
     from dit_overhead import count_handover, print_table, round_robin_medians, seconds_per_call
     import folder_paths
 
     torch.set_num_threads(args.threads)  # CPU time of idle-spinning worker threads would count as work on a busy machine
     width, context = 64 * args.depth, 64
-    base = probe.tiny_sd3(depth=args.depth, num_blocks=args.blocks, pos_embed_max_size=args.side // 2, num_patches=(args.side // 2) ** 2,
-                          context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": context, "out_features": width}})
+    base = standins.tiny_sd3(depth=args.depth, num_blocks=args.blocks, pos_embed_max_size=args.side // 2, num_patches=(args.side // 2) ** 2,
+                             context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": context, "out_features": width}})
     handed = count_handover(dit)
     generator = torch.Generator().manual_seed(3)
     x = torch.randn((2, 16, args.side, args.side), generator=generator)
     c = {"c_crossattn": torch.randn(2, args.text_tokens, context, generator=generator),
-         "y": torch.randn(2, probe.POOLED, generator=generator)}
-    sigma = torch.tensor([1.0, 1.0])  # the first step's sigma: inside the teacher's window (the probe's node call ends it at 50 %)
+         "y": torch.randn(2, standins.POOLED, generator=generator)}
+    sigma = torch.tensor([1.0, 1.0])  # the first step's sigma: inside the teacher's window (the node call ends it at 50 %)
 
     with tempfile.TemporaryDirectory() as folder:
-        layout = sd35_ip_adapter_layout(width, args.depth, args.blocks, features=probe.FEATURES, hidden=64, queries=16)
-        torch.save(layout, Path(folder) / probe.ADAPTER)
+        layout = sd35_ip_adapter_layout(width, args.depth, args.blocks, features=standins.SD3_FEATURES, hidden=64, queries=16)
+        torch.save(layout, Path(folder) / ADAPTER)
         folder_paths.add_model_folder_path("ipadapter", folder)
-        configurations = {"no adapter": base, "plain IP-Adapter (strength 0)": probe.patch(base, 0.0, layers=args.layers),
-                          f"StyleStudio, {args.layers}": probe.patch(base, layers=args.layers),
-                          f"StyleStudio, {args.layers}, teacher on every step": probe.patch(base, layers=args.layers, teacher=True)}
+
+        def patched(strength: float, teacher: bool = False):
+            """The node on the base model; teacher_end_percent 0.5 keeps the teacher on at the first step's sigma."""
+            with torch.inference_mode():
+                return StyleStudioCrossAdaINDiTIPAdapter().patch(base, ADAPTER, standins.StandInSiglipHidden(), standins.image(1.0),
+                                                                 strength, args.layers, "0", 0.0, 1.0, teacher, 0.5)[0]
+
+        configurations = {"no adapter": base, "plain IP-Adapter (strength 0)": patched(0.0),
+                          f"StyleStudio, {args.layers}": patched(1.0),
+                          f"StyleStudio, {args.layers}, teacher on every step": patched(1.0, teacher=True)}
     rows = round_robin_medians({name: lambda m=model: seconds_per_call(m, x, sigma, c, [0, 1], args.steps)
                                 for name, model in configurations.items()}, args.repeats)
     tokens = (args.sd35_side // 16) ** 2

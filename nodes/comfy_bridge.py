@@ -12,9 +12,12 @@ import os
 import weakref
 from pathlib import Path
 from types import ModuleType
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
+
+from ..stylestudio.attention import sdpa_attention
 
 #: Model folders under ComfyUI/models that this pack adds (or extends), with the files each may hold
 #: ("folder" = a diffusers-style directory). ``ipadapter`` is shared with other IP-Adapter packs;
@@ -213,6 +216,13 @@ def _weight_dtype(kind: ModelKind, device: torch.device, model_management: Modul
         return autocast_dtype(device) or torch.float32
     chosen = model_management.text_encoder_dtype(device)
     return chosen if chosen in (torch.float16, torch.bfloat16, torch.float32) else torch.float16  # fp8 needs ComfyUI's ops
+
+
+def optimized_attention() -> Callable[..., torch.Tensor]:
+    """ComfyUI's attention function (the backend its launch options chose), which our attention patches call as its own
+    layers do; PyTorch's fused attention in the same ``(q, k, v, heads)`` layout outside ComfyUI."""
+    attention = _optional("comfy.ldm.modules.attention")
+    return sdpa_attention if attention is None else attention.optimized_attention
 
 
 class Progress:

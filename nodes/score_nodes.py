@@ -14,8 +14,7 @@ from ..stylemamba.stylize import stylize_latents
 from ..stylemamba.training.score import Score, check_strengths, pick_strength, report, score_images, strength_grid, sweep_strengths
 from . import comfy_bridge
 from .image_sockets import channels_first
-from .stylemamba_nodes import CATEGORY
-from .widgets import parse_numbers
+from .widgets import CATEGORY, parse_numbers
 
 #: What StyleScore's best_strength gives when no sweep runs: StyleFuse's default.
 DEFAULT_STRENGTH = 1.0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 
 from ..stylemamba.checkpoint import StyleMamba
@@ -11,11 +14,24 @@ from ..stylemamba import mixing
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding
 from . import comfy_bridge
 from .image_sockets import channels_first
-from .stylemamba_nodes import CATEGORY
-from .widgets import parse_numbers
+from .widgets import CATEGORY, parse_numbers
 
 #: StyleMix's style slots.
 MIX_SLOTS = 4
+
+
+def _mix_signature() -> inspect.Signature:
+    """``mix(self, style_1, weight_1, mask_1=None, style_2=None, weight_2=1.0, mask_2=None, ...)`` for ``MIX_SLOTS`` slots:
+    the node's inputs, which ComfyUI passes by name."""
+    parameter = lambda name, default=inspect.Parameter.empty: inspect.Parameter(
+        name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+    parameters = [parameter("self"), parameter("style_1"), parameter("weight_1"), parameter("mask_1", None)]
+    for slot in range(2, MIX_SLOTS + 1):
+        parameters += [parameter(f"style_{slot}", None), parameter(f"weight_{slot}", 1.0), parameter(f"mask_{slot}", None)]
+    return inspect.Signature(parameters)
+
+
+_MIX_SIGNATURE = _mix_signature()
 
 
 class ImageStyleEncode:
@@ -71,9 +87,11 @@ class ImageStyleEncode:
         return (style,)
 
 
-class StyleMix:
+class StyleMixNode:
+    """The node ``StyleMix`` (its public id, which saved workflows use); the mix it makes is ``mixing.StyleMix``."""
+
     DESCRIPTION = (
-        "Mixes up to 4 styles (text or image) into one STYLE_EMBED that StyleFuse applies in a single pass. "
+        f"Mixes up to {MIX_SLOTS} styles (text or image) into one STYLE_EMBED that StyleFuse applies in a single pass. "
         "Weights are normalised to sum to 1 (0 leaves a style out). A MASK gives a style a region: each latent pixel "
         "mixes the styles by weight × mask, soft edges blend, and pixels no mask covers stay unchanged; a style "
         "without a mask covers the whole image. All styles must come from the same StyleMamba model's encoder."
@@ -95,13 +113,12 @@ class StyleMix:
             optional.update({f"style_{slot}": ("STYLE_EMBED",), f"weight_{slot}": weight, f"mask_{slot}": mask})
         return {"required": {"style_1": ("STYLE_EMBED",), "weight_1": weight}, "optional": optional}
 
-    def mix(
-        self, style_1: StyleEmbedding | mixing.StyleMix, weight_1: float, mask_1: torch.Tensor | None = None,
-        style_2: StyleEmbedding | mixing.StyleMix | None = None, weight_2: float = 1.0, mask_2: torch.Tensor | None = None,
-        style_3: StyleEmbedding | mixing.StyleMix | None = None, weight_3: float = 1.0, mask_3: torch.Tensor | None = None,
-        style_4: StyleEmbedding | mixing.StyleMix | None = None, weight_4: float = 1.0, mask_4: torch.Tensor | None = None,
-    ) -> tuple[mixing.StyleMix]:
-        slots = [(style_1, weight_1, mask_1), (style_2, weight_2, mask_2), (style_3, weight_3, mask_3), (style_4, weight_4, mask_4)]
+    def mix(self, *values: Any, **inputs: Any) -> tuple[mixing.StyleMix]:
+        """``style_i`` / ``weight_i`` / ``mask_i`` of every slot, as ``_mix_signature`` names them (it is ``mix``'s signature)."""
+        bound = _MIX_SIGNATURE.bind(self, *values, **inputs)
+        bound.apply_defaults()
+        given = bound.arguments
+        slots = [(given[f"style_{slot}"], given[f"weight_{slot}"], given[f"mask_{slot}"]) for slot in range(1, MIX_SLOTS + 1)]
         for slot, (style, _, mask) in enumerate(slots, start=1):
             if style is None and mask is not None:
                 raise ValueError(f"StyleMix: mask_{slot} is connected but style_{slot} is not; connect its style or remove the mask")
@@ -109,6 +126,8 @@ class StyleMix:
         styles, weights, masks = (list(column) for column in zip(*used))
         return (mixing.mix_styles(styles, weights, masks),)
 
+    mix.__signature__ = _MIX_SIGNATURE
 
-NODE_CLASS_MAPPINGS = {"ImageStyleEncode": ImageStyleEncode, "StyleMix": StyleMix}
+
+NODE_CLASS_MAPPINGS = {"ImageStyleEncode": ImageStyleEncode, "StyleMix": StyleMixNode}
 NODE_DISPLAY_NAME_MAPPINGS = {"ImageStyleEncode": "Image Style Encode (SigLIP)", "StyleMix": "StyleMamba Style Mix (weights, regions)"}

@@ -8,8 +8,8 @@ from ..stylemamba.encoders import load_text_encoder
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylemamba.stylize import TEMPORAL_MODES, stylize_latents
 from . import comfy_bridge
+from .widgets import CATEGORY
 
-CATEGORY = "style_transfer/StyleMamba"
 NEW_MODEL = "new (untrained)"
 FROM_CHECKPOINT = "from checkpoint"
 

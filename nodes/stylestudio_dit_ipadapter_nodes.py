@@ -1,7 +1,8 @@
 """StyleStudioCrossAdaINDiTIPAdapter: StyleStudio's cross-modal AdaIN, style-based CFG and teacher on a DiT with an IP-Adapter.
 
 Thin adapter: the file comes from ``models/ipadapter`` through ``comfy_bridge``, the adapter's layout from
-``stylestudio.dit_adapters.load_dit_adapter`` (XLabs and InstantX Flux, InstantX SD3.5), and the block patches are the Redux node's, each given the adapter's branch for its block. What the branches read every step
+``stylestudio.dit_adapters.load_dit_adapter`` (XLabs and InstantX Flux, InstantX SD3.5), and the block patches are the
+Redux node's (``stylestudio_base.patch_dit_blocks``), each given the adapter's branch for its block. What the branches read every step
 (SD3.5's weights, the Flux adapters' keys/values of the style images) goes to ComfyUI's model management with the patched
 MODEL (``comfy_bridge.attach_model``). comfy is not imported.
 """
@@ -10,19 +11,19 @@ from typing import Any
 
 from torch import Tensor
 
+from ..stylestudio.adapter_files import IPAdapterError
 from ..stylestudio.dit import ImageStyle
-from ..stylestudio.dit_blocks import DIT_PRESETS, select_dit_blocks
 from ..stylestudio.dit_adapters import load_dit_adapter
-from ..stylestudio.ip_adapter import IPAdapterError
+from ..stylestudio.dit_blocks import DIT_PRESETS, select_dit_blocks
 from . import comfy_bridge
-from .stylestudio_dit_nodes import check_window, patch_dit_blocks
-from .stylestudio_nodes import IPADAPTER_FOLDER, PERCENT, schedule_inputs
+from .stylestudio_base import (IPADAPTER_FOLDER, StyleStudioNode, check_window, layer_inputs, negative_style_input,
+                               patch_dit_blocks, schedule_inputs, strength_input, style_image_input)
 
 #: The key of the adapter's weights among the patched MODEL's additional models (ComfyUI loads them with it).
 ADAPTER_WEIGHTS_KEY = "stylestudio_dit_ipadapter"
 
 
-class StyleStudioCrossAdaINDiTIPAdapter:
+class StyleStudioCrossAdaINDiTIPAdapter(StyleStudioNode):
     """StyleStudio on Flux.1 or SD3.5 with an IP-Adapter: cross-modal AdaIN on the adapter's branch, style-based CFG, teacher."""
 
     DESCRIPTION = (
@@ -35,12 +36,6 @@ class StyleStudioCrossAdaINDiTIPAdapter:
         "unconditional half (style-based CFG; it acts only with true CFG, cfg > 1). The teacher runs a pass without the "
         "adapter early in sampling and lends the styled pass its image-to-image attention maps."
     )
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is unchanged).",)
-    FUNCTION = "patch"
-    CATEGORY = "style_transfer/StyleStudio"
-
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {
@@ -52,24 +47,19 @@ class StyleStudioCrossAdaINDiTIPAdapter:
                     "SD3.5-Large-IP-Adapter (ip-adapter.bin, every joint block).")}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": (
                     "The CLIP vision model the adapter reads: CLIP ViT-L/14 for XLabs, SigLIP so400m for InstantX (Flux and SD3.5).")}),
-                "style_image": ("IMAGE", {"tooltip": "Style reference; several images in a batch are used together."}),
-                "strength": ("FLOAT", {"default": 1.0, **PERCENT,
-                                       "tooltip": "0 is the plain IP-Adapter on the chosen blocks, 1 is pure cross-modal AdaIN."}),
-                "layers": (list(DIT_PRESETS), {"default": "style", "tooltip": (
-                    "Where the adapter acts (blocks without adapter weights are skipped): style: the second half of the "
-                    "single blocks, or of the double blocks for XLabs, which has no single-block weights (a reasoned choice, "
-                    "not a measured one), on SD3.5 the second half of its joint blocks; double blocks (SD3.5: every joint "
-                    "block); single blocks (Flux only); all blocks; or custom.")}),
-                "custom_layers": ("STRING", {"default": "38-56", "tooltip": (
-                    "For layers=custom: block indices, double blocks first then single blocks (Flux.1: 0-18 double, "
-                    "19-56 single; SD3.5 Large: joint blocks 0-37), e.g. '38-56' or '0-18'.")}),
+                "style_image": style_image_input(),
+                "strength": strength_input("the plain IP-Adapter on the chosen blocks"),
+                **layer_inputs(DIT_PRESETS, "Where the adapter acts (blocks without adapter weights are skipped): style: the "
+                                            "second half of the single blocks, or of the double blocks for XLabs, which has no "
+                                            "single-block weights (a reasoned choice, not a measured one), on SD3.5 the second "
+                                            "half of its joint blocks; double blocks (SD3.5: every joint block); single blocks "
+                                            "(Flux only); all blocks; or custom.",
+                               "38-56", "block indices, double blocks first then single blocks (Flux.1: 0-18 double, "
+                                        "19-56 single; SD3.5 Large: joint blocks 0-37), e.g. '38-56' or '0-18'"),
                 **schedule_inputs(),
             },
-            "optional": {
-                "negative_style_image": ("IMAGE", {"tooltip": (
-                    "Style-based CFG: the style to steer away from, on the unconditional half (acts only with cfg > 1). "
-                    "Without it both halves see the style image, as with the plain adapter in ComfyUI.")}),
-            },
+            "optional": negative_style_input(", on the unconditional half (acts only with cfg > 1). Without it both halves "
+                                             "see the style image, as with the plain adapter in ComfyUI."),
         }
 
     def patch(self, model: Any, ipadapter_file: str, clip_vision: Any, style_image: Tensor, strength: float, layers: str,

@@ -9,10 +9,10 @@ import torch
 from torch import Tensor
 
 from ..errors import PackError
-from ..stylestudio.dit import DiTBlockPatch, DiTStyleWrapper, ImageBranch, ImageStyle, ReduxStyle
-from ..stylestudio.dit_blocks import DIT_PRESETS, DiTBlock, flux_blocks, select_dit_blocks
-from ..stylestudio.patches import SigmaWindow
-from .stylestudio_nodes import PERCENT, schedule_inputs
+from ..stylestudio.dit import ReduxStyle
+from ..stylestudio.dit_blocks import DIT_PRESETS, flux_blocks, select_dit_blocks
+from .stylestudio_base import (StyleStudioNode, check_window, layer_inputs, negative_style_input, patch_dit_blocks, schedule_inputs,
+                               strength_input, style_image_input)
 
 REDUX_CLIP_VISION = "sigclip_vision_patch14_384 (SigLIP so400m)"
 
@@ -60,7 +60,7 @@ def append_tokens(conditioning: list, tokens: Tensor) -> list:
     return out
 
 
-class StyleStudioCrossAdaINDiT:
+class StyleStudioCrossAdaINDiT(StyleStudioNode):
     """StyleStudio on Flux.1 with Redux: cross-modal AdaIN in the chosen blocks, style-based CFG, teacher hand-over."""
 
     DESCRIPTION = (
@@ -76,8 +76,6 @@ class StyleStudioCrossAdaINDiT:
     RETURN_NAMES = ("model", "positive", "negative")
     OUTPUT_TOOLTIPS = ("The patched model (a clone).", "positive with the style tokens appended",
                        "negative, with the negative style's tokens appended when a negative style image is given")
-    FUNCTION = "patch"
-    CATEGORY = "style_transfer/StyleStudio"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
@@ -88,21 +86,15 @@ class StyleStudioCrossAdaINDiT:
                 "negative": ("CONDITIONING", {"tooltip": "The negative conditioning (used only when cfg > 1)."}),
                 "style_model": ("STYLE_MODEL", {"tooltip": "flux1-redux-dev from Load Style Model."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": f"The CLIP vision model Redux reads: {REDUX_CLIP_VISION}."}),
-                "style_image": ("IMAGE", {"tooltip": "Style reference; several images in a batch are used together."}),
-                "strength": ("FLOAT", {"default": 1.0, **PERCENT,
-                                       "tooltip": "0 is plain Redux (the model untouched), 1 is pure cross-modal AdaIN."}),
-                "layers": (list(DIT_PRESETS), {"default": "style", "tooltip": (
-                    "style: the second half of the single blocks (a reasoned choice, not a measured one); "
-                    "double blocks; single blocks; all blocks; or custom.")}),
-                "custom_layers": ("STRING", {"default": "38-56", "tooltip": (
-                    "For layers=custom: block indices, double blocks first then single blocks (Flux.1: 0-18 double, "
-                    "19-56 single), e.g. '38-56' or '0, 19-25'.")}),
+                "style_image": style_image_input(),
+                "strength": strength_input("plain Redux (the model untouched)"),
+                **layer_inputs(DIT_PRESETS, "style: the second half of the single blocks (a reasoned choice, not a measured "
+                                            "one); double blocks; single blocks; all blocks; or custom.",
+                               "38-56", "block indices, double blocks first then single blocks (Flux.1: 0-18 double, "
+                                        "19-56 single), e.g. '38-56' or '0, 19-25'"),
                 **schedule_inputs(),
             },
-            "optional": {
-                "negative_style_image": ("IMAGE", {"tooltip": (
-                    "Style-based CFG: the style to steer away from (acts only with cfg > 1).")}),
-            },
+            "optional": negative_style_input(" (acts only with cfg > 1)."),
         }
 
     def patch(self, model: Any, positive: list, negative: list, style_model: Any, clip_vision: Any, style_image: Tensor,
@@ -124,47 +116,6 @@ class StyleStudioCrossAdaINDiT:
         patched = patch_dit_blocks(model, blocks, selected, style, strength, (start_percent, end_percent),
                                    teacher_end_percent if teacher else None)
         return (patched, positive, negative)
-
-
-def check_window(start_percent: float, end_percent: float) -> None:
-    if start_percent > end_percent:
-        raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
-
-
-class SecondStyleError(PackError, ValueError):
-    """A StyleStudio DiT node applied to a MODEL that already has one."""
-
-
-def refuse_second_style(model: Any) -> None:
-    """One StyleStudio DiT patch per MODEL: a second one's attention override would take the first one's partial
-    attentions (image queries over text keys only, ...) for the block's joint attention and reroute them again."""
-    wrapper = model.model_options.get("model_function_wrapper")
-    while wrapper is not None:
-        if isinstance(wrapper, DiTStyleWrapper):
-            raise SecondStyleError(
-                "This MODEL already carries a StyleStudio (DiT) patch: apply one StyleStudio DiT node per model. For "
-                "several style images, batch them into style_image (Batch Images); they are used together.")
-        wrapper = getattr(wrapper, "previous", None)
-
-
-def patch_dit_blocks(model: Any, blocks: list[DiTBlock], selected: set[DiTBlock], style: ReduxStyle | ImageStyle,
-                     strength: float, window_percent: tuple[float, float], teacher_end_percent: float | None,
-                     branches: dict[DiTBlock, ImageBranch] | None = None) -> Any:
-    """A clone of ``model`` with StyleStudio's block patch on every selected block (every block while a teacher is
-    asked for: it hands over on all of them) and its model wrapper, each chained to what it displaces."""
-    refuse_second_style(model)
-    patched = model.clone()
-    sampling = patched.get_model_object("model_sampling")
-    window = SigmaWindow(high=sampling.percent_to_sigma(window_percent[0]), low=sampling.percent_to_sigma(window_percent[1]))
-    replaced = patched.model_options["transformer_options"].get("patches_replace", {}).get("dit", {})
-    branches = branches or {}
-    for block in blocks if teacher_end_percent is not None else [b for b in blocks if b in selected]:
-        chosen = block in selected
-        patch = DiTBlockPatch(block, strength if chosen else 0.0, window, replaced.get(block), branches.get(block) if chosen else None)
-        patched.set_model_patch_replace(patch, "dit", block[0], block[1])
-    end_sigma = sampling.percent_to_sigma(teacher_end_percent) if teacher_end_percent is not None else None
-    patched.set_model_unet_function_wrapper(DiTStyleWrapper(style, end_sigma, patched.model_options.get("model_function_wrapper")))
-    return patched
 
 
 NODE_CLASS_MAPPINGS = {"StyleStudioCrossAdaINDiT": StyleStudioCrossAdaINDiT}

@@ -1,48 +1,23 @@
 """StyleStudioCrossAdaIN: patches a MODEL with StyleStudio's cross-modal AdaIN, style-based CFG and teacher.
 
-Thin adapter: ComfyUI objects in, the pure-torch core in ``stylestudio`` does the work. comfy is imported lazily
-and model folders go through ``comfy_bridge``, so this module imports without ComfyUI.
+Thin adapter: ComfyUI objects in, the pure-torch core in ``stylestudio`` does the work. ComfyUI's attention and
+model folders come through ``comfy_bridge``, the widgets and the window from ``stylestudio_base``, so this module
+imports without ComfyUI.
 """
 
 from collections import Counter
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..stylestudio.ip_adapter import IPAdapterError, IPAdapterWeights, load_ip_adapter, project_image_features, weights_per_layer
+from ..stylestudio.adapter_files import IPAdapterError
+from ..stylestudio.ip_adapter import IPAdapterWeights, load_ip_adapter, style_tokens, weights_per_layer
 from ..stylestudio.layers import PRESETS, Block, Layer, select_layers, unet_cross_attention_layers
-from ..stylestudio.patches import CrossAdaINPatch, SigmaWindow, StyleKV, TeacherAttn1Patch, TeacherWrapper
+from ..stylestudio.patches import CrossAdaINPatch, TeacherAttn1Patch, TeacherWrapper, style_kv
 from . import comfy_bridge
-
-IPADAPTER_FOLDER = "ipadapter"
-
-
-PERCENT = {"min": 0.0, "max": 1.0, "step": 0.01}
-
-
-def schedule_inputs() -> dict[str, tuple]:
-    """The style's and the teacher's windows in the schedule: the same widgets, in the same order, on every StyleStudio node."""
-    return {
-        "start_percent": ("FLOAT", {"default": 0.0, **PERCENT, "tooltip": "Where in the schedule the style starts."}),
-        "end_percent": ("FLOAT", {"default": 1.0, **PERCENT, "tooltip": "Where in the schedule the style ends."}),
-        "teacher": ("BOOLEAN", {"default": True, "tooltip": (
-            "Keep the prompt's layout with a text-only teacher pass (one extra model pass per step while it is active).")}),
-        "teacher_end_percent": ("FLOAT", {"default": 0.4, **PERCENT, "tooltip": (
-            "The teacher is active from the start to here (StyleStudio: 20 of 50 steps = 0.4).")}),
-    }
-
-
-def style_tokens(weights: IPAdapterWeights, features: Tensor) -> Tensor:
-    """Project a batch of reference images and join their tokens: several images style together."""
-    return project_image_features(weights, features).flatten(0, 1).unsqueeze(0)
-
-
-def style_kv(layer_weights: tuple[Tensor, Tensor], positive: Tensor, negative: Tensor) -> StyleKV:
-    """Project both token sets once with the layer's to_k_ip / to_v_ip, so sampling steps only attend."""
-    k, v = (w.float() for w in layer_weights)
-    return StyleKV(F.linear(positive, k), F.linear(positive, v), F.linear(negative, k), F.linear(negative, v))
+from .stylestudio_base import (IPADAPTER_FOLDER, StyleStudioNode, check_window, layer_inputs, negative_style_input,
+                               replace_patches, schedule_inputs, sigma_window, strength_input, style_image_input)
 
 
 def _existing_patch(patches: dict, layer: Layer) -> Any:
@@ -60,7 +35,7 @@ def _patch_key(patches: dict, layer: Layer, layers_in_block: int) -> Layer | Blo
     return layer[:2] if layers_in_block == 1 and layer not in patches else layer
 
 
-class StyleStudioCrossAdaIN:
+class StyleStudioCrossAdaIN(StyleStudioNode):
     """Training-free StyleStudio (cross-modal AdaIN + style-based CFG + teacher) as native MODEL patches."""
 
     DESCRIPTION = (
@@ -72,45 +47,30 @@ class StyleStudioCrossAdaIN:
         "keep the prompt's layout. Stacks with LoRAs, ControlNets, IPAdapter_plus (before or after this node) and "
         "other attention patches."
     )
-    RETURN_TYPES = ("MODEL",)
-    RETURN_NAMES = ("model",)
-    OUTPUT_TOOLTIPS = ("The patched model (a clone; the input model is unchanged).",)
-    FUNCTION = "patch"
-    CATEGORY = "style_transfer/StyleStudio"
-
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "An SD1.5/SD2 or SDXL UNet model (e.g. from Load Checkpoint)."}),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP vision model the IP-Adapter was trained with."}),
-                "style_image": ("IMAGE", {"tooltip": "Style reference; several images in a batch are used together."}),
+                "style_image": style_image_input(),
                 "ipadapter_file": (comfy_bridge.list_model_files(IPADAPTER_FOLDER), {
                     "tooltip": "IP-Adapter from models/ipadapter: standard, Plus, or CSGO (.safetensors or .bin)."}),
-                "strength": ("FLOAT", {"default": 1.0, **PERCENT,
-                                       "tooltip": "0 leaves the model untouched, 1 is pure cross-modal AdaIN."}),
-                "layers": (list(PRESETS), {"default": "style", "tooltip": (
-                    "style: InstantStyle's style layers (SDXL output block 1, SD1.5 output blocks 3-5); "
-                    "all up blocks; or custom.")}),
-                "custom_layers": ("STRING", {"default": "6", "tooltip": (
-                    "For layers=custom: cross-attention block indices in UNet order, e.g. '6' or '0-3, 6' "
-                    "(SD1.5 0-15, SDXL 0-10).")}),
+                "strength": strength_input("the model untouched"),
+                **layer_inputs(PRESETS, "style: InstantStyle's style layers (SDXL output block 1, SD1.5 output blocks 3-5); "
+                                        "all up blocks; or custom.",
+                               "6", "cross-attention block indices in UNet order, e.g. '6' or '0-3, 6' (SD1.5 0-15, SDXL 0-10)"),
                 **schedule_inputs(),
             },
-            "optional": {
-                "negative_style_image": ("IMAGE", {"tooltip": (
-                    "Style-based CFG: the style to steer away from, e.g. the style image's layout "
-                    "re-drawn plainly with a Canny ControlNet.")}),
-            },
+            "optional": negative_style_input(
+                ", e.g. the style image's layout re-drawn plainly with a Canny ControlNet."),
         }
 
     def patch(self, model: Any, clip_vision: Any, style_image: Tensor, ipadapter_file: str, strength: float, layers: str,
               custom_layers: str, start_percent: float, end_percent: float, teacher: bool, teacher_end_percent: float,
               negative_style_image: Tensor | None = None) -> tuple[Any]:
-        from comfy.ldm.modules.attention import optimized_attention
-
-        if start_percent > end_percent:
-            raise ValueError(f"start_percent ({start_percent}) must not be after end_percent ({end_percent})")
+        check_window(start_percent, end_percent)
+        optimized_attention = comfy_bridge.optimized_attention()
         model_layers = unet_cross_attention_layers(model.get_model_object("diffusion_model"))
         weights = load_ip_adapter(comfy_bridge.model_file_path(IPADAPTER_FOLDER, ipadapter_file))
         per_layer = weights_per_layer(weights, model_layers)
@@ -128,9 +88,8 @@ class StyleStudioCrossAdaIN:
 
         patched = model.clone()
         sampling = patched.get_model_object("model_sampling")
-        window = SigmaWindow(high=sampling.percent_to_sigma(start_percent), low=sampling.percent_to_sigma(end_percent))
-        replaced = patched.model_options["transformer_options"].get("patches_replace", {})
-        attn1, attn2 = replaced.get("attn1", {}), replaced.get("attn2", {})
+        window = sigma_window(patched, start_percent, end_percent)
+        attn1, attn2 = replace_patches(patched, "attn1"), replace_patches(patched, "attn2")
         per_block = Counter(layer[:2] for layer in model_layers)
         for layer in selected:
             patch = CrossAdaINPatch(style_kv(per_layer[layer], positive, negative), strength, window,

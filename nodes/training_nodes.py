@@ -28,8 +28,8 @@ from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19
 from . import comfy_bridge
 from .image_sockets import channels_first, rgb_batch
+from .widgets import CATEGORY
 
-CATEGORY = "style_transfer/StyleMamba"
 FULL_VAE = "full VAE"
 FROM_MODEL = "from style_mamba (or default)"
 PREVIEW_SIZE = 512

@@ -1,8 +1,13 @@
-"""Widget text → values: lists of numbers typed into a STRING widget (weights, strengths)."""
+"""What every StyleMamba node shares on its face: the menu category, and widget text → values (lists of numbers typed
+into a STRING widget: weights, strengths). A shared node-side module (no ``NODE_CLASS_MAPPINGS``): node modules import
+it, never each other."""
 
 from __future__ import annotations
 
 import re
+
+#: The StyleMamba nodes' menu category (the StyleStudio nodes have theirs in ``stylestudio_base``).
+CATEGORY = "style_transfer/StyleMamba"
 
 
 def parse_numbers(text: str, name: str, count: int | None = None) -> list[float]:

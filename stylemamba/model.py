@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import PackError
 from ..kernels import cross_scan_2d
 from .config import StyleMambaConfig
+from .latent_families import latent_channel_mismatch
 from .temporal import TemporalContext, TemporalMixer
 
 
@@ -268,17 +269,3 @@ class StyleFusionModel(nn.Module):
         change = change.transpose(1, 2).reshape(batch, -1, grid_h, grid_w)
         change = F.pixel_shuffle(change, p)[:, :, :height, :width]
         return latent + (strength * change * std).to(latent.dtype)
-
-
-#: Latent families by channel count, to explain a mismatch in the user's words.
-LATENT_FAMILIES = {4: "an SD1.5/SDXL VAE", 16: "an SD3/Flux.1 VAE", 32: "a Flux.2 VAE", 128: "a Flux.2 packed latent"}
-
-
-def latent_channel_mismatch(expected: int, got: int) -> str:
-    """A message that names both latent families, e.g. 4-channel SD vs 16-channel Flux."""
-    want = LATENT_FAMILIES.get(expected, "a VAE")
-    have = LATENT_FAMILIES.get(got, "an unrecognised VAE")
-    return (
-        f"this StyleMamba model expects {expected}-channel latents ({want}), but the LATENT has {got} channels: "
-        f"it comes from {have}. Use a StyleMamba model trained for {got}-channel latents or the matching VAE."
-    )

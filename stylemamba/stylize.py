@@ -19,7 +19,8 @@ from .mixing import StyleMix, fusion_inputs
 from .model import ModelInputError
 from .style import StyleEmbedding
 from .temporal import TemporalContext
-from .video_latents import VideoInputError, video_channel_mismatch, video_mask
+from .latent_families import VideoInputError, latent_channel_mismatch
+from .video_latents import video_mask
 
 #: How a 5-D video LATENT is fused: ``auto`` = across frames for video (images are always single frames).
 TEMPORAL_MODES = ("auto", "across frames", "frame by frame")
@@ -105,7 +106,7 @@ def stylize_latents(
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     across_frames = temporal_fusion(temporal, samples)
     if samples.dim() == 5 and samples.shape[1] != style_mamba.config.latent_channels:
-        raise ModelInputError(video_channel_mismatch(style_mamba.config.latent_channels, samples.shape[1]))
+        raise ModelInputError(latent_channel_mismatch(style_mamba.config.latent_channels, samples.shape[1], video=True))
     style_mamba.model.check_latent_channels(samples.shape[1])
     check_finite("strength", strength)
     check_finite("LATENT samples", samples)

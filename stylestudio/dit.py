@@ -42,15 +42,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .adain import cross_modal_adain
+from .attention import Attend, merge_heads, sdpa, split_heads
 from .dit_blocks import DiTBlock
-from .patches import NEGATIVE, TEACHER_KEY, ChainedPatch, SigmaWindow, TeacherHandover
+from .hooks import NEGATIVE, TEACHER_KEY, ChainedPatch, SigmaWindow, TeacherHandover, call_model, run_teacher_then_styled
 from .tensor_group import TensorGroup
 
-Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D) -> (B, H, Lq, D)
 ImageKV = Callable[[int, slice, dict[str, Any], Tensor], tuple[Tensor, Tensor]]
 """``(half, rows, block_args, like) -> (K_ip, V_ip)``, each ``(1 or rows, N, heads * D)`` on ``like``'s device and dtype:
 the style keys/values of one block for the CFG half ``half`` (0 positive, 1 negative) and the batch rows ``rows``
@@ -61,18 +60,6 @@ serves, given those rows' queries/keys/values as the block attends with them (In
 the image's own keys and the IP keys); ``added`` is what the plain adapter adds, ``style`` the AdaIN statistics' source."""
 STYLE_KEY = "stylestudio_dit"
 ATTENTION, RESIDUAL = "attention", "residual"  # where an adapter adds its branch
-
-
-def sdpa(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    return F.scaled_dot_product_attention(q, k, v)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    return x.transpose(1, 2).flatten(2)
-
-
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    return x.unflatten(-1, (heads, -1)).transpose(1, 2)
 
 
 def unrope(x: Tensor, pe: Tensor | None) -> Tensor:
@@ -138,7 +125,7 @@ def branch_image_attention(q: Tensor, k: Tensor, v: Tensor, txt_len: int, branch
 
 def _adain_heads(text: Tensor, style: Tensor) -> Tensor:
     """Cross-modal AdaIN on ``(B, H, L, D)`` outputs, statistics per channel of the merged heads (as on UNets)."""
-    return _split_heads(cross_modal_adain(_merge_heads(text), _merge_heads(style)), text.shape[1])
+    return split_heads(cross_modal_adain(merge_heads(text), merge_heads(style)), text.shape[1])
 
 
 def _image_to_image(qi: Tensor, k: Tensor, v: Tensor, txt_len: int, w_cross: Tensor, attend: Attend,
@@ -263,7 +250,7 @@ class BranchCall:
         added, styles = [], []
         for index, half in enumerate(self.halves):
             rows = slice(index * chunk, (index + 1) * chunk)
-            k_ip, v_ip = (_split_heads(t, q.shape[1]).expand(chunk, -1, -1, -1)
+            k_ip, v_ip = (split_heads(t, q.shape[1]).expand(chunk, -1, -1, -1)
                           for t in self.branch.kv(half, rows, self.args, queries))
             if self.branch.combine is None:
                 out = style = attend(queries[rows], k_ip, v_ip)
@@ -316,7 +303,7 @@ class BlockAttention:
             text_rows = attend(q[:, :, :txt_len], k, v)
             image_rows = styled_image_attention(q, k, v, txt_len, self.batch.n_style, self.batch.styled, self.strength, attend, teacher_qk)
             out = torch.cat((text_rows, image_rows), dim=2)
-        return out if kwargs.get("skip_output_reshape") else _merge_heads(out)
+        return out if kwargs.get("skip_output_reshape") else merge_heads(out)
 
     def _merged_layout(self, func: Callable, q: Tensor, k: Tensor, v: Tensor, heads: int, inner: Callable,
                        *args: Any, **kwargs: Any) -> Tensor:
@@ -327,10 +314,10 @@ class BlockAttention:
         """
         if kwargs.get("mask") is not None or q.shape[1] != self.batch.txt_len + (self.image_len or 0) or self.image_len is None:
             return inner(q, k, v)
-        heads_first = lambda t: t.reshape(t.shape[0], t.shape[1], heads, -1).transpose(1, 2)
+        heads_first = lambda t: split_heads(t.flatten(2), heads)  # v arrives as (B, L, H, D)
         out = self(func, heads_first(q), heads_first(k), heads_first(v), heads, *args,
                    **{**kwargs, "skip_reshape": True, "skip_output_reshape": True})
-        return _merge_heads(out)
+        return merge_heads(out)
 
     def _with_branch(self, q: Tensor, k: Tensor, v: Tensor, attend: Attend, teacher_qk: tuple[Tensor, Tensor] | None,
                      inner: Callable) -> Tensor:
@@ -341,7 +328,7 @@ class BlockAttention:
         ip, style = branch.attention(q, k, v, start, attend)
         ip_image = ip[:, :, txt_len - start:]
         if not into_attention:
-            branch.residual = _merge_heads((1 - strength) * ip_image)
+            branch.residual = merge_heads((1 - strength) * ip_image)
         if strength == 0 and teacher_qk is None:
             out = attend(q, k, v)
             if not into_attention:
@@ -406,19 +393,11 @@ class DiTStyleWrapper(ChainedPatch):
                  and bool(batch.styled.all()) and "attention_mask" not in args["c"])
         if not teach:
             return self._run(apply_model, args, batch, None)
-        record = TeacherHandover(recording=True)
         text_only = {**args, "c": {**args["c"], "c_crossattn": context[:, :batch.txt_len - batch.n_style]}}
         plain = StyleBatch(batch.txt_len - batch.n_style, 0, torch.zeros_like(batch.styled))
-        self._run(apply_model, text_only, plain, record)
-        return self._run(apply_model, args, batch, TeacherHandover(recording=False, qk=record.qk))
+        return run_teacher_then_styled(lambda handover: self._run(apply_model, args, batch, handover),
+                                       lambda handover: self._run(apply_model, text_only, plain, handover))
 
     def _run(self, apply_model: Callable, args: dict[str, Any], batch: StyleBatch, handover: TeacherHandover | None) -> Tensor:
-        c = dict(args["c"])
-        options = {**c.get("transformer_options", {}), STYLE_KEY: batch}
-        if handover is not None:
-            options[TEACHER_KEY] = handover
-        c["transformer_options"] = options
-        args = {**args, "c": c}
-        if self.previous is not None:
-            return self.previous(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
+        options = {STYLE_KEY: batch} if handover is None else {STYLE_KEY: batch, TEACHER_KEY: handover}
+        return call_model(self.previous, apply_model, args, options)

@@ -6,16 +6,16 @@ own, so the node, the tests and the messages that refuse a file all see one list
 """
 
 import os
-from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from .adapter_files import Groups, IPAdapterError, Layout, read_state_dict
 from .dit import ImageBranch
 from .dit_blocks import DiTBlock
-from .ip_adapter import IPAdapterError, parse_ip_adapter, read_state_dict
-
-Groups = dict[str, dict[str, Tensor]]  # read_state_dict's {top-level group: {rest of the key: tensor}}
+from .flux_ip_adapter import LAYOUTS as FLUX_LAYOUTS
+from .ip_adapter import CONTEXT_FAMILIES, parse_ip_adapter
+from .sd3_ip_adapter import LAYOUTS as SD3_LAYOUTS
 
 
 class DiTAdapter(Protocol):
@@ -43,34 +43,17 @@ class DiTAdapter(Protocol):
         the style images, which ``branches`` makes); None while there is nothing to load (Flux, before ``branches``)."""
 
 
-class Layout(NamedTuple):
-    """One adapter layout: ``recognise(groups)`` says whether a file is one, ``load(groups, name)`` validates and builds it,
-    ``fits`` names the model, the file and the CLIP vision for the message that refuses another file."""
-
-    recognise: Callable[[Groups], bool]
-    load: Callable[[Groups, str], DiTAdapter]
-    fits: str
-
-
-def known_layouts() -> dict[str, Layout]:
-    """Every DiT IP-Adapter layout the pack reads, by name.
-
-    Imported here rather than at the top: the layout modules use this module's ``Groups`` and ``Layout``.
-    """
-    from .flux_ip_adapter import LAYOUTS as FLUX_LAYOUTS
-    from .sd3_ip_adapter import LAYOUTS as SD3_LAYOUTS
-
-    return {**FLUX_LAYOUTS, **SD3_LAYOUTS}
+#: Every DiT IP-Adapter layout the pack reads, by name (each ``Layout.load`` gives a ``DiTAdapter``).
+KNOWN_LAYOUTS: dict[str, Layout] = {**FLUX_LAYOUTS, **SD3_LAYOUTS}
 
 
 def load_dit_adapter(path: str) -> DiTAdapter:
     """Read an IP-Adapter file (``.safetensors``, or ``.bin`` with tensors only) and build the adapter of its layout."""
     groups, name = read_state_dict(path), os.path.basename(path)
-    layouts = known_layouts()
-    for layout in layouts.values():
+    for layout in KNOWN_LAYOUTS.values():
         if layout.recognise(groups):
             return layout.load(groups, name)
-    raise IPAdapterError(f"{name!r}: {_not_a_dit_adapter(groups, name, layouts)}")
+    raise IPAdapterError(f"{name!r}: {_not_a_dit_adapter(groups, name, KNOWN_LAYOUTS)}")
 
 
 def _not_a_dit_adapter(groups: Groups, name: str, layouts: dict[str, Layout]) -> str:
@@ -79,6 +62,6 @@ def _not_a_dit_adapter(groups: Groups, name: str, layouts: dict[str, Layout]) ->
         unet = parse_ip_adapter(groups, name)
     except IPAdapterError:
         return f"not an IP-Adapter layout this node knows (top-level groups: {sorted(groups)[:8]}); {fits}"
-    family = {768: "SD1.5", 1024: "SD2", 2048: "SDXL"}.get(unet.context_dim, f"{unet.context_dim}-d context")
+    family = CONTEXT_FAMILIES.get(unet.context_dim, f"{unet.context_dim}-d context")
     return (f"an IP-Adapter for {family} UNets ({unet.kind}): it fits the StyleStudio Cross-Modal AdaIN node on SD1.5/SDXL models, "
             f"not a DiT; {fits}")

@@ -9,7 +9,7 @@ image, one joint attention), and SD3 has no single-stream blocks (SD3.5 Large: 0
 
 The presets are *not* the result of a measured sweep: a sweep on tiny random models says nothing about
 a trained Flux, and no trained Flux is available here. They are block ranges with a stated reason;
-``benchmarks/stylestudio_dit_sweep.py`` measures them on a real checkpoint where one exists.
+``benchmarks/stylestudio_dit.py sweep`` measures them on a real checkpoint where one exists.
 """
 
 from collections.abc import Sequence
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import PackError
-from .layers import parse_block_indices
+from .block_indices import parse_block_indices
 
 DiTBlock = tuple[str, int]
 

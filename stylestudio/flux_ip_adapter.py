@@ -24,10 +24,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adapter_files import Groups, IPAdapterError, Layout
+from .attention import rms_norm
 from .dit import ATTENTION, RESIDUAL, FixedImageKV, ImageBranch
 from .dit_blocks import DiTBlock, flux_blocks
-from .dit_adapters import Groups, Layout
-from .ip_adapter import IPAdapterError, norm_tokens, rms_norm
+from .image_projection import norm_tokens
 
 CLIP_VIT_L = "CLIP ViT-L/14 (clip_vision_l / openai clip-vit-large-patch14, 768-wide image embeddings)"
 SIGLIP = "SigLIP so400m (sigclip_vision_patch14_384, 1152-wide image embeddings)"

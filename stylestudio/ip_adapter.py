@@ -12,28 +12,20 @@ layer's position among diffusers' attention processors (attn1 even, attn2 odd; d
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import PackError
+from .adapter_files import Groups, IPAdapterError, read_state_dict
+from .image_projection import RESAMPLER_DIM_HEAD, norm_tokens, perceiver_resample, resampler_depth, resampler_keys
 from .layers import Layer
 
 _LAYER_KEY = re.compile(r"^(\d+)\.to_([kv])_ip\.weight$")
 _STANDARD_KEYS = {"proj.weight", "proj.bias", "norm.weight", "norm.bias"}
-_RESAMPLER_TOP_KEYS = {"latents", "proj_in.weight", "proj_in.bias", "proj_out.weight", "proj_out.bias",
-                       "norm_out.weight", "norm_out.bias"}
-_RESAMPLER_LAYER_KEYS = {"0.norm1.weight", "0.norm1.bias", "0.norm2.weight", "0.norm2.bias", "0.to_q.weight",
-                         "0.to_kv.weight", "0.to_out.weight", "1.0.weight", "1.0.bias", "1.1.weight", "1.3.weight"}
-_RESAMPLER_DIM_HEAD = 64  # every released Resampler (Plus SD1.5/SDXL, CSGO) uses 64-d heads
-_LN_EPS = 1e-5
-
-
-class IPAdapterError(PackError, ValueError):
-    """An IP-Adapter file that cannot be used, or one that does not fit the model / CLIP vision."""
+#: The UNet families by the text-context width their cross-attention takes, for messages.
+CONTEXT_FAMILIES = {768: "SD1.5", 1024: "SD2", 2048: "SDXL"}
 
 
 @dataclass(frozen=True)
@@ -60,33 +52,7 @@ class IPAdapterWeights:
         return next(iter(self.layers.values()))[0].shape[1]
 
 
-def read_state_dict(path: str) -> dict[str, dict[str, Tensor]]:
-    """Read ``.safetensors`` (flat, prefixed keys) or ``.bin``/``.pt`` (nested or flat) into ``{group: {key: tensor}}``."""
-    name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise IPAdapterError(f"IP-Adapter file not found: {path}")
-    try:
-        if path.lower().endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            raw = load_file(path, device="cpu")
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # every reader failure means the same thing to the user
-        raise IPAdapterError(f"Cannot read IP-Adapter file {name!r}: {error}") from error
-    if not isinstance(raw, dict):
-        raise IPAdapterError(f"IP-Adapter file {name!r} holds a {type(raw).__name__}, not a state dict")
-    groups: dict[str, dict[str, Tensor]] = {}
-    for key, value in raw.items():
-        if isinstance(value, dict):
-            groups.setdefault(str(key), {}).update({str(k): v for k, v in value.items() if isinstance(v, Tensor)})
-        elif isinstance(value, Tensor) and "." in str(key):
-            group, rest = str(key).split(".", 1)
-            groups.setdefault(group, {})[rest] = value
-    return groups
-
-
-def parse_ip_adapter(groups: dict[str, dict[str, Tensor]], name: str) -> IPAdapterWeights:
+def parse_ip_adapter(groups: Groups, name: str) -> IPAdapterWeights:
     """Recognise the layout and check every shape the projection and the patches rely on."""
     if "style_image_proj" in groups:
         kind, proj = "csgo", groups["style_image_proj"]
@@ -114,10 +80,10 @@ def load_ip_adapter(path: str) -> IPAdapterWeights:
 
 def _check_projection(proj: dict[str, Tensor], name: str) -> None:
     if "latents" in proj:
-        depth = len({k.split(".")[1] for k in proj if k.startswith("layers.")})
-        expected = _RESAMPLER_TOP_KEYS | {f"layers.{i}.{k}" for i in range(depth) for k in _RESAMPLER_LAYER_KEYS}
+        depth = resampler_depth(proj)
+        expected = resampler_keys(depth)
         inner = proj.get("layers.0.0.to_q.weight", torch.empty(0, 0)).shape[0]
-        if depth == 0 or inner % _RESAMPLER_DIM_HEAD:
+        if depth == 0 or inner % RESAMPLER_DIM_HEAD:
             raise IPAdapterError(f"{name!r}: Resampler projection with {depth} layers and {inner}-d attention is not supported")
     else:
         expected = _STANDARD_KEYS
@@ -163,7 +129,7 @@ def weights_per_layer(weights: IPAdapterWeights, model_layers: dict[Layer, tuple
     if weights.context_dim not in model_dims:
         raise IPAdapterError(
             f"IP-Adapter {weights.name!r} is for {weights.context_dim}-d text context, but the model's cross-attention "
-            f"takes {sorted(model_dims)} (768: SD1.5, 1024: SD2, 2048: SDXL): they belong to different model families"
+            f"takes {sorted(model_dims)} ({', '.join(f'{dim}: {family}' for dim, family in CONTEXT_FAMILIES.items())}): they belong to different model families"
         )
     by_index = {2 * i + 1: layer for i, layer in enumerate(ordered)}
     if weights.kind == "csgo":
@@ -209,53 +175,7 @@ def project_image_features(weights: IPAdapterWeights, features: Tensor) -> Tenso
     return perceiver_resample(p, x)
 
 
-def rms_norm(x: Tensor, eps: float, weight: Tensor | None = None) -> Tensor:
-    """RMSNorm over the last dim (per head, where the DiT adapters normalise keys/values), with an optional weight."""
-    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return normed if weight is None else normed * weight
-
-
-def norm_tokens(flat: Tensor, norm_weight: Tensor, norm_bias: Tensor) -> Tensor:
-    """``(images, N * C)`` -> ``(images, N, C)`` layer-normed tokens: how every linear or MLP image projection ends."""
-    width = norm_weight.shape[0]
-    return F.layer_norm(flat.reshape(flat.shape[0], -1, width), (width,), norm_weight, norm_bias, _LN_EPS)
-
-
-def perceiver_resample(p: dict[str, Tensor], x: Tensor, time_emb: Tensor | None = None) -> Tensor:
-    """Perceiver resampler: learned queries cross-attend to the image patches and to themselves.
-
-    With ``time_emb`` ``(batch, width)`` it is SD3.5's timestep-conditioned Resampler (InstantX): the
-    embedding is added to the projected patches, and each layer modulates its queries and its
-    feed-forward input with a shift/scale it projects from the embedding (``layers.i.2.1``).
-    """
-    depth = len({k.split(".")[1] for k in p if k.startswith("layers.")})
-    x = F.linear(x, p["proj_in.weight"], p["proj_in.bias"])
-    if time_emb is not None:
-        x = x + time_emb[:, None]
-    latents = p["latents"].expand(x.shape[0], -1, -1)
-    width = latents.shape[-1]
-    for i in range(depth):
-        w = {k[len(f"layers.{i}."):]: v for k, v in p.items() if k.startswith(f"layers.{i}.")}
-        modulate = _time_modulation(w, time_emb)
-        media = F.layer_norm(x, (width,), w["0.norm1.weight"], w["0.norm1.bias"], _LN_EPS)
-        queries = modulate(F.layer_norm(latents, (width,), w["0.norm2.weight"], w["0.norm2.bias"], _LN_EPS), 0)
-        q = F.linear(queries, w["0.to_q.weight"])
-        k, v = F.linear(torch.cat([media, queries], dim=1), w["0.to_kv.weight"]).chunk(2, dim=-1)
-        heads = q.shape[-1] // _RESAMPLER_DIM_HEAD
-        split = lambda t: t.unflatten(-1, (heads, _RESAMPLER_DIM_HEAD)).transpose(1, 2)
-        attended = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
-        latents = latents + F.linear(attended, w["0.to_out.weight"])
-        hidden = modulate(F.layer_norm(latents, (width,), w["1.0.weight"], w["1.0.bias"], _LN_EPS), 1)
-        latents = latents + F.linear(F.gelu(F.linear(hidden, w["1.1.weight"])), w["1.3.weight"])
-    out = F.linear(latents, p["proj_out.weight"], p["proj_out.bias"])
-    return F.layer_norm(out, (out.shape[-1],), p["norm_out.weight"], p["norm_out.bias"], _LN_EPS)
-
-
-def _time_modulation(w: dict[str, Tensor], time_emb: Tensor | None) -> Callable[[Tensor, int], Tensor]:
-    """``modulate(x, part)``: ``x · (1 + scale) + shift`` with part 0 (attention queries) or 1 (feed-forward);
-    the identity without a time embedding."""
-    if time_emb is None:
-        return lambda x, part: x
-    shift_attn, scale_attn, shift_ff, scale_ff = F.linear(F.silu(time_emb), w["2.1.weight"], w["2.1.bias"]).chunk(4, dim=-1)
-    pairs = ((shift_attn, scale_attn), (shift_ff, scale_ff))
-    return lambda x, part: torch.addcmul(pairs[part][0][:, None], x, 1 + pairs[part][1][:, None])
+def style_tokens(weights: IPAdapterWeights, features: Tensor) -> Tensor:
+    """Project a batch of reference images and join their tokens ``(1, images * tokens, context_dim)``: several images
+    style together."""
+    return project_image_features(weights, features).flatten(0, 1).unsqueeze(0)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..errors import PackError
+from .block_indices import parse_block_indices
 
 Layer = tuple[str, int, int]
 Block = tuple[str, int]
@@ -86,24 +87,6 @@ def detect_family(layers: Sequence[Layer]) -> str | None:
     """"SD1.5" or "SDXL" when the cross-attention blocks sit where that family has them."""
     blocks = tuple(attention_blocks(layers))
     return next((family for family, known in FAMILIES.items() if known == blocks), None)
-
-
-def parse_block_indices(text: str, count: int) -> list[int]:
-    """Parse "0-3, 6" into sorted unique block indices in ``[0, count)``."""
-    indices: set[int] = set()
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
-        bounds = part.split("-")
-        if len(bounds) > 2 or not all(b.strip().isdigit() for b in bounds):
-            raise ValueError(f"custom_layers: cannot read {part!r}; use block indices like '6' or '0-3, 6'")
-        low, high = int(bounds[0]), int(bounds[-1])
-        if low > high or high >= count:
-            raise ValueError(f"custom_layers: {part!r} is outside 0-{count - 1} (this model has {count} cross-attention blocks)")
-        indices.update(range(low, high + 1))
-    if not indices:
-        raise ValueError(f"custom_layers is empty; give block indices in 0-{count - 1}, e.g. '6' or '0-3, 6'")
-    return sorted(indices)
 
 
 def select_layers(layers: Sequence[Layer], preset: str, custom: str = "") -> list[Layer]:

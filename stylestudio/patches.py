@@ -1,4 +1,4 @@
-"""ComfyUI attention patches for StyleStudio, as plain callables on already-projected q/k/v.
+"""ComfyUI attention patches for StyleStudio on SD1.5/SDXL UNets, as plain callables on already-projected q/k/v.
 
 ComfyUI calls an attn1/attn2 replace patch as ``patch(q, k, v, extra_options)`` with tensors of
 shape ``(batch, tokens, heads * dim_head)`` and puts the result through ``to_out`` itself. The
@@ -16,6 +16,9 @@ Living beside other packs' patches:
   keys/values (and their per-device copies) but gets its own list of collected callbacks, so a
   pack adding to the clone it made leaves the model it was given unchanged. Per-call state (the
   teacher hand-over) travels in ``transformer_options``.
+
+What the DiT side shares with these patches (the sigma window, the chaining base, the teacher's hand-over)
+lives in ``hooks``; the attention arithmetic in ``attention``.
 """
 
 import copy
@@ -29,23 +32,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .adain import cross_modal_adain
-from .layers import Layer
+from .attention import sdpa_attention
+from .hooks import NEGATIVE, TEACHER_KEY, ChainedPatch, SigmaWindow, call_model, run_teacher_then_styled
 
 AttentionFn = Callable[..., Tensor]
 ReplacePatch = Callable[[Tensor, Tensor, Tensor, dict[str, Any]], Tensor]
-
-TEACHER_KEY = "stylestudio_teacher"
-NEGATIVE = 1  # ComfyUI's index for the uncond half in cond_or_uncond
-
-
-def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, attn_precision: torch.dtype | None = None) -> Tensor:
-    """Multi-head attention in ComfyUI's ``(batch, tokens, heads * dim_head)`` layout."""
-    dtype = q.dtype
-    if attn_precision == torch.float32:
-        q, k, v = q.float(), k.float(), v.float()
-    split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)
-    out = F.scaled_dot_product_attention(split(q), split(k), split(v))
-    return out.transpose(1, 2).flatten(2).to(dtype)
 
 
 def _attend(previous: ReplacePatch | None, attention: AttentionFn,
@@ -53,20 +44,6 @@ def _attend(previous: ReplacePatch | None, attention: AttentionFn,
     if previous is not None:
         return previous(q, k, v, extra_options)
     return attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
-
-
-@dataclass(frozen=True)
-class SigmaWindow:
-    """Active while ``low <= sigma <= high`` (ComfyUI's start/end percent turned into sigmas)."""
-
-    high: float
-    low: float
-
-    def contains(self, sigmas: Tensor | None) -> bool:
-        if sigmas is None:
-            return True
-        sigma = float(sigmas.max())
-        return self.low <= sigma <= self.high
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,30 +78,10 @@ class StyleKV:
             del self.copies[key]
 
 
-@dataclass
-class TeacherHandover:
-    """Teacher queries/keys per self-attention layer: recorded in the text-only pass, consumed by the styled one."""
-
-    recording: bool
-    qk: dict[Layer, tuple[Tensor, Tensor]] = field(default_factory=dict)
-
-
-class ChainedPatch:
-    """Base of our patches: remembers what it displaced and tells it about ComfyUI's device moves.
-
-    ComfyUI calls ``.to(device)`` and ``.to(dtype)`` on every patch and UNet wrapper when it loads or
-    unloads the model; the patch we displaced no longer sits where ComfyUI looks, so we pass it on.
-    """
-
-    previous: Any
-
-    def __deepcopy__(self, memo: dict) -> "ChainedPatch":
-        return self  # holds no per-model state: clones share it
-
-    def to(self, device_or_dtype: torch.device | torch.dtype) -> "ChainedPatch":
-        if hasattr(self.previous, "to"):
-            self.previous = self.previous.to(device_or_dtype)
-        return self
+def style_kv(layer_weights: tuple[Tensor, Tensor], positive: Tensor, negative: Tensor) -> StyleKV:
+    """Project both token sets once with the layer's to_k_ip / to_v_ip, so sampling steps only attend."""
+    k, v = (w.float() for w in layer_weights)
+    return StyleKV(F.linear(positive, k), F.linear(positive, v), F.linear(negative, k), F.linear(negative, v))
 
 
 class CrossAdaINPatch(ChainedPatch):
@@ -230,18 +187,5 @@ class TeacherWrapper(ChainedPatch):
 
     def __call__(self, apply_model: Callable, args: dict[str, Any]) -> Tensor:
         if float(args["timestep"].max()) < self.end_sigma:
-            return self._run(apply_model, args)
-        record = TeacherHandover(recording=True)
-        self._run(apply_model, _with_handover(args, record))
-        return self._run(apply_model, _with_handover(args, TeacherHandover(recording=False, qk=record.qk)))
-
-    def _run(self, apply_model: Callable, args: dict[str, Any]) -> Tensor:
-        if self.previous is not None:
-            return self.previous(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-
-def _with_handover(args: dict[str, Any], handover: TeacherHandover) -> dict[str, Any]:
-    c = dict(args["c"])
-    c["transformer_options"] = {**c.get("transformer_options", {}), TEACHER_KEY: handover}
-    return {**args, "c": c}
+            return call_model(self.previous, apply_model, args, {})
+        return run_teacher_then_styled(lambda handover: call_model(self.previous, apply_model, args, {TEACHER_KEY: handover}))

@@ -25,7 +25,6 @@ reads all-zero features, as in diffusers' SD3 pipeline.
 """
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -34,14 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .adapter_files import Groups, IPAdapterError, Layout
+from .attention import Attend, merge_heads, rms_norm, split_heads
 from .dit import ATTENTION, ImageBranch
 from .dit_blocks import DiTBlock, mmdit_blocks
-from .dit_adapters import Layout
-from .ip_adapter import IPAdapterError, perceiver_resample, rms_norm
-from .patches import NEGATIVE
+from .hooks import NEGATIVE
+from .image_projection import perceiver_resample, resampler_depth, resampler_keys
 from .tensor_group import TensorGroup
-
-Attend = Callable[[Tensor, Tensor, Tensor], Tensor]  # (B, H, Lq, D), (B, H, Lk, D), (B, H, Lk, D) -> (B, H, Lq, D)
 
 LAYOUT = "instantx-sd3.5"
 SIGLIP = "SigLIP so400m (sigclip_vision_patch14_384, 1152-wide penultimate hidden states)"
@@ -50,9 +48,7 @@ _BLOCK_KEYS = {"norm_ip.linear.weight", "norm_ip.linear.bias", "to_k_ip.weight",
                "norm_q.weight", "norm_k.weight", "norm_ip_k.weight"}
 _TIME_KEYS = {"time_embedding.linear_1.weight", "time_embedding.linear_1.bias",
               "time_embedding.linear_2.weight", "time_embedding.linear_2.bias"}
-_RESAMPLER_KEYS = {"latents", "proj_in.weight", "proj_in.bias", "proj_out.weight", "proj_out.bias", "norm_out.weight", "norm_out.bias"}
-_LAYER_KEYS = {"0.norm1.weight", "0.norm1.bias", "0.norm2.weight", "0.norm2.bias", "0.to_q.weight", "0.to_kv.weight",
-               "0.to_out.weight", "1.0.weight", "1.0.bias", "1.1.weight", "1.3.weight", "2.1.weight", "2.1.bias"}
+_TIME_LAYER_KEYS = {"2.1.weight", "2.1.bias"}  # each Resampler layer's shift/scale projection of the time embedding
 _NORM_EPS = 1e-6  # norm_ip's LayerNorm and the RMSNorms
 
 
@@ -128,16 +124,16 @@ class SD3IPAdapter:
         return out
 
 
-def is_sd3_layout(groups: dict[str, dict[str, Tensor]]) -> bool:
+def is_sd3_layout(groups: Groups) -> bool:
     """Whether a file read by ``read_state_dict`` has InstantX's SD3.5 layout (a per-block ``norm_ip``)."""
     return any(key.endswith(".norm_ip.linear.weight") for key in groups.get("ip_adapter", {}))
 
 
-def parse_sd3_ip_adapter(groups: dict[str, dict[str, Tensor]], name: str) -> SD3IPAdapter:
+def parse_sd3_ip_adapter(groups: Groups, name: str) -> SD3IPAdapter:
     """Check every key and shape the Resampler and the IP branch rely on, in a file ``is_sd3_layout`` recognised."""
     proj = groups.get("image_proj", {})
-    depth = len({key.split(".")[1] for key in proj if key.startswith("layers.")})
-    expected = _RESAMPLER_KEYS | _TIME_KEYS | {f"layers.{i}.{key}" for i in range(depth) for key in _LAYER_KEYS}
+    depth = resampler_depth(proj)
+    expected = resampler_keys(depth, top=_TIME_KEYS, per_layer=_TIME_LAYER_KEYS)
     if depth == 0 or set(proj) != expected:
         raise IPAdapterError(f"{name!r}: its image projection is not the SD3.5 time-conditioned Resampler "
                              f"(keys that differ: {sorted(set(proj) ^ expected)[:6]})")
@@ -191,11 +187,6 @@ def resample(image_proj: dict[str, Tensor], features: Tensor, timestep: Tensor) 
     return perceiver_resample(p, features.to(dtype), t), t
 
 
-def split_heads(x: Tensor, head_dim: int) -> Tensor:
-    """``(B, L, H·D)`` -> ``(B, H, L, D)``."""
-    return x.unflatten(-1, (-1, head_dim)).transpose(1, 2)
-
-
 def block_keys_values(block: dict[str, Tensor], tokens: Tensor, time_emb: Tensor) -> tuple[Tensor, Tensor]:
     """One block's IP keys (after ``norm_ip_k``) and values, ``(B, H, N, D)``, from tokens ``(B, N, width)`` and time ``(B, hidden)``.
 
@@ -205,8 +196,8 @@ def block_keys_values(block: dict[str, Tensor], tokens: Tensor, time_emb: Tensor
     shift, scale = F.linear(F.silu(time_emb.to(tokens.dtype)), w["norm_ip.linear.weight"], w["norm_ip.linear.bias"]).chunk(2, dim=-1)
     normed = torch.addcmul(shift[:, None], F.layer_norm(tokens, tokens.shape[-1:], eps=_NORM_EPS), 1 + scale[:, None])
     head_dim = w["norm_q.weight"].shape[0]
-    k = rms_norm(split_heads(F.linear(normed, w["to_k_ip.weight"]), head_dim), _NORM_EPS, w["norm_ip_k.weight"])
-    return k, split_heads(F.linear(normed, w["to_v_ip.weight"]), head_dim)
+    k = rms_norm(split_heads(F.linear(normed, w["to_k_ip.weight"]), head_dim=head_dim), _NORM_EPS, w["norm_ip_k.weight"])
+    return k, split_heads(F.linear(normed, w["to_v_ip.weight"]), head_dim=head_dim)
 
 
 def adapter_norm(x: Tensor, adapter_weight: Tensor, block_weight: Tensor | None) -> Tensor:
@@ -282,7 +273,7 @@ class SD3BlockKV:
             raise ValueError("The SD3.5 IP-Adapter needs the step's sigma (transformer_options['sigmas']) for its Resampler")
         tokens, time_emb = self.tokens.get(half, sigmas, like.device)
         k, v = block_keys_values(self.weights.tensors(), tokens.to(like.dtype), time_emb.to(like.dtype))
-        return tuple(t.transpose(1, 2).flatten(2) for t in (k, v))
+        return merge_heads(k), merge_heads(v)
 
 
 @dataclass(frozen=True, eq=False)

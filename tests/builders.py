@@ -104,34 +104,3 @@ def pan_zoom_flow(frames: int, height: int, width: int, zoom: float = 0.35) -> t
     source = torch.nn.functional.affine_grid(torch.eye(2, 3).expand(frames - 1, -1, -1), (frames - 1, 1, height, width),
                                              align_corners=False)
     return ((target - source) * torch.tensor([width / 2, height / 2])).permute(0, 3, 1, 2)
-
-
-def sd35_ip_adapter_layout(width: int, heads: int, blocks: int, features: int = 20, hidden: int = 32, queries: int = 6,
-                           depth: int = 4, time_in: int = 16, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
-    """A random InstantX SD3.5 IP-Adapter in its original key layout (``image_proj`` Resampler with time embedding, and per
-    joint block ``ip_adapter.n.*``), every weight away from its neutral value. The Resampler has one 64-wide head per 64
-    channels of ``hidden`` and ``depth`` 4 layers, what diffusers' converter assumes."""
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape, s=0.3: torch.randn(*shape, generator=g) * s  # noqa: E731
-    near_one = lambda n: 1 + r(n, s=0.2)  # noqa: E731
-    inner = 64 * max(1, hidden // 64)
-    proj = {"latents": r(1, queries, hidden, s=1.0), "proj_in.weight": r(hidden, features), "proj_in.bias": r(hidden),
-            "proj_out.weight": r(width, hidden), "proj_out.bias": r(width), "norm_out.weight": near_one(width),
-            "norm_out.bias": r(width), "time_embedding.linear_1.weight": r(hidden, time_in),
-            "time_embedding.linear_1.bias": r(hidden), "time_embedding.linear_2.weight": r(hidden, hidden),
-            "time_embedding.linear_2.bias": r(hidden)}
-    for i in range(depth):
-        p = f"layers.{i}."
-        proj |= {p + "0.norm1.weight": near_one(hidden), p + "0.norm1.bias": r(hidden), p + "0.norm2.weight": near_one(hidden),
-                 p + "0.norm2.bias": r(hidden), p + "0.to_q.weight": r(inner, hidden), p + "0.to_kv.weight": r(2 * inner, hidden),
-                 p + "0.to_out.weight": r(hidden, inner), p + "1.0.weight": near_one(hidden), p + "1.0.bias": r(hidden),
-                 p + "1.1.weight": r(4 * hidden, hidden), p + "1.3.weight": r(hidden, 4 * hidden),
-                 p + "2.1.weight": r(4 * hidden, hidden), p + "2.1.bias": r(4 * hidden)}
-    head = width // heads
-    per_block = {}
-    for n in range(blocks):
-        per_block |= {f"{n}.norm_ip.linear.weight": r(2 * width, hidden), f"{n}.norm_ip.linear.bias": r(2 * width),
-                      f"{n}.to_k_ip.weight": r(width, width, s=width ** -0.5), f"{n}.to_v_ip.weight": r(width, width, s=width ** -0.5),
-                      f"{n}.norm_q.weight": near_one(head), f"{n}.norm_k.weight": near_one(head), f"{n}.norm_ip_k.weight": near_one(head)}
-    return {"image_proj": proj, "ip_adapter": per_block}
-

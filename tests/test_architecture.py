@@ -1,4 +1,5 @@
-"""The layering rules: core and kernels never touch ComfyUI; only one import name is installed."""
+"""The layering rules: core and kernels never touch ComfyUI; no import cycles; node modules stand on the core and the
+shared node-side modules alone; only one import name is installed."""
 
 from __future__ import annotations
 
@@ -21,6 +22,59 @@ def imports_of(path: Path) -> list[tuple[int, str, int]]:
         elif isinstance(node, ast.ImportFrom):
             found.append((node.level, node.module or "", node.lineno))
     return found
+
+
+def imported_files(path: Path) -> list[tuple[Path, int]]:
+    """(file, line) of every module of the pack that ``path`` imports relatively, at module level or inside a function.
+
+    ``from .x import y`` is ``x.py``; ``from . import a, b`` is ``a.py`` and ``b.py`` (or the package's ``__init__.py``
+    for a name that is no module)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if not isinstance(node, ast.ImportFrom) or node.level == 0:
+            continue
+        base = ROOT / resolve(path, node.level, node.module or "")
+        if base.with_suffix(".py").is_file():
+            found.append((base.with_suffix(".py"), node.lineno))
+        elif base.is_dir():
+            for alias in node.names:
+                module = base / f"{alias.name}.py"
+                found.append((module if module.is_file() else base / "__init__.py", node.lineno))
+    return found
+
+
+def import_cycle(files: list[Path]) -> list[str] | None:
+    """One import cycle among ``files`` as ``["a.py:3", "b.py:7", ...]`` (each module and the line that imports the next),
+    or None."""
+    graph = {path: [(target, line) for target, line in imported_files(path) if target in files] for path in files}
+    state: dict[Path, str] = {}  # "open" while on the current path, "done" once every path from it is explored
+    trail: list[tuple[Path, int]] = []
+
+    def visit(path: Path) -> list[str] | None:
+        state[path] = "open"
+        for target, line in graph[path]:
+            trail.append((path, line))
+            if state.get(target) == "open":
+                start = next(i for i, (module, _) in enumerate(trail) if module == target)
+                return [f"{module.relative_to(ROOT)}:{at}" for module, at in trail[start:]]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+            trail.pop()
+        state[path] = "done"
+        return None
+
+    for path in files:
+        if path not in state and (cycle := visit(path)):
+            return cycle
+    return None
+
+
+def is_node_module(path: Path) -> bool:
+    """A module of ``nodes/`` that registers nodes (assigns ``NODE_CLASS_MAPPINGS``); ``nodes/__init__.py`` gathers them."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    assigned = {t.id for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))
+                for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+    return path.name != "__init__.py" and "NODE_CLASS_MAPPINGS" in assigned
 
 
 def package_files(package: str) -> list[Path]:
@@ -75,6 +129,26 @@ def test_core_never_imports_comfyui_or_nodes(package):
             top = module.split(".")[0]
             assert not (level == 0 and top in COMFY_MODULES), f"{path.name}:{line} imports {module}"
             assert not (level >= 2 and top == "nodes"), f"{path.name}:{line} imports the nodes layer"
+
+
+@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "kernels", "nodes"])
+def test_no_import_cycle_inside_a_package(package):
+    """A cycle hides the order a reader should take a package in, and a function-level import that closes one (as a
+    registry importing the modules that import it back) is still a cycle: every relative import counts."""
+    cycle = import_cycle(package_files(package))
+    assert cycle is None, f"import cycle in {package}/: {' -> '.join(cycle)} -> back to the first"
+
+
+def test_node_modules_never_import_each_other():
+    """Each node module stands on the core and the shared node-side modules (those that register no nodes:
+    ``comfy_bridge``, ``widgets``, ``image_sockets``, ``stylestudio_base``), never on another node module."""
+    node_modules = [path for path in package_files("nodes") if is_node_module(path)]
+    assert len(node_modules) >= 7  # the test looks at the real node modules, not at none
+    for path in node_modules:
+        for target, line in imported_files(path):
+            assert target not in node_modules and target != ROOT / "nodes" / "__init__.py", (
+                f"{path.relative_to(ROOT)}:{line} imports the node module {target.relative_to(ROOT)}: "
+                f"move what both need into a shared node-side module")
 
 
 def test_kernels_import_nothing_above_them():

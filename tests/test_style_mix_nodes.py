@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_stylemamba.nodes.style_mix_nodes import ImageStyleEncode, StyleMix
+from comfyui_stylemamba.nodes.style_mix_nodes import ImageStyleEncode, StyleMixNode
 from comfyui_stylemamba.nodes.stylemamba_nodes import NEW_MODEL, LoadStyleMamba, StyleFuse, TextStyleEncode
 from comfyui_stylemamba.nodes.widgets import parse_numbers
 from comfyui_stylemamba.stylemamba.encoders import load_image_encoder, load_text_encoder
@@ -99,7 +99,7 @@ def test_text_and_image_styles_mix_by_region_in_one_stylefuse_pass(style_mamba):
     (image_style,) = ImageStyleEncode().encode(style_mamba, comfy_images(2, 16, 16))
     left = torch.zeros(1, 64, 64)
     left[..., :32] = 1
-    (mix,) = StyleMix().mix(text_style, 1.0, left, image_style, 2.0, 1 - left)
+    (mix,) = StyleMixNode().mix(text_style, 1.0, left, image_style, 2.0, 1 - left)
     latent = {"samples": torch.randn(2, 4, 8, 8), "batch_index": [0, 1]}
     with torch.inference_mode():  # ComfyUI runs nodes like this
         (out,) = StyleFuse().fuse(style_mamba, latent, mix, 1.0)
@@ -112,12 +112,12 @@ def test_text_and_image_styles_mix_by_region_in_one_stylefuse_pass(style_mamba):
 def test_stylemix_uses_the_connected_slots_and_refuses_stray_masks(style_mamba):
     (a,) = TextStyleEncode().encode(style_mamba, "oil painting")
     (b,) = TextStyleEncode().encode(style_mamba, "pencil sketch")
-    (mix,) = StyleMix().mix(a, 3.0, style_3=b, weight_3=1.0, weight_2=50.0)
+    (mix,) = StyleMixNode().mix(a, 3.0, style_3=b, weight_3=1.0, weight_2=50.0)
     assert [(c.style.description, c.weight) for c in mix.components] == [("oil painting", 0.75), ("pencil sketch", 0.25)]
     with pytest.raises(ValueError, match="StyleMix: mask_2 is connected but style_2 is not"):
-        StyleMix().mix(a, 1.0, mask_2=torch.ones(1, 8, 8))
+        StyleMixNode().mix(a, 1.0, mask_2=torch.ones(1, 8, 8))
     foreign = StyleEmbedding(b.target, b.source, "elsewhere", "/models/siglip/another-siglip")
     with pytest.raises(ValueError, match="'elsewhere' was encoded with '/models/siglip/another-siglip'"):
-        StyleMix().mix(a, 1.0, style_2=foreign)
+        StyleMixNode().mix(a, 1.0, style_2=foreign)
     with pytest.raises(ValueError, match="are all zero"):
-        StyleMix().mix(a, 0.0, style_2=b, weight_2=0.0)
+        StyleMixNode().mix(a, 0.0, style_2=b, weight_2=0.0)

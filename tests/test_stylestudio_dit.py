@@ -11,7 +11,7 @@ from comfyui_stylemamba.nodes.stylestudio_dit_nodes import StyleModelError, appe
 from comfyui_stylemamba.stylestudio.dit import (STYLE_KEY, BlockAttention, DiTBlockPatch, DiTStyleWrapper, ReduxStyle, StyleBatch,
                                                 cross_mass, styled_image_attention)
 from comfyui_stylemamba.stylestudio.dit_blocks import UnsupportedDiTError, flux_blocks, select_dit_blocks
-from comfyui_stylemamba.stylestudio.patches import TEACHER_KEY, SigmaWindow, TeacherHandover
+from comfyui_stylemamba.stylestudio.hooks import TEACHER_KEY, SigmaWindow, TeacherHandover
 
 B, H, D, TXT, STYLE, IMG = 2, 3, 8, 7, 4, 10  # the last STYLE of the TXT tokens are style tokens
 

@@ -11,12 +11,13 @@ from diffusers.models.transformers.transformer_flux import FluxAttention, FluxIP
 from safetensors.torch import save_file
 from torch import nn
 
+from comfyui_stylemamba.stylestudio.adapter_files import IPAdapterError
+from comfyui_stylemamba.stylestudio.attention import sdpa
 from comfyui_stylemamba.stylestudio.dit import (ATTENTION, RESIDUAL, STYLE_KEY, BranchCall, DiTBlockPatch, DiTStyleWrapper,
                                                 FixedImageKV, ImageBranch, ImageStyle, StyleBatch, branch_image_attention,
-                                                cross_mass, sdpa, unrope)
+                                                cross_mass, unrope)
 from comfyui_stylemamba.stylestudio.dit_adapters import load_dit_adapter
-from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterError
-from comfyui_stylemamba.stylestudio.patches import TEACHER_KEY, SigmaWindow, TeacherHandover
+from comfyui_stylemamba.stylestudio.hooks import TEACHER_KEY, SigmaWindow, TeacherHandover
 
 B, H, D, TXT, IMG, N = 2, 2, 8, 5, 12, 3  # batch, heads, head width, text tokens, image tokens, IP tokens
 WIDTH, TOKEN_WIDTH = H * D, 12  # model width, IP token width

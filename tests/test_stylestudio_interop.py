@@ -12,9 +12,9 @@ from collecting_patch import CollectingPatch, ImagePromptCallback, apply_collect
 from comfyui_stylemamba.nodes.stylestudio_nodes import _existing_patch, _patch_key
 from comfyui_stylemamba.stylestudio.adain import cross_modal_adain
 from comfyui_stylemamba.stylestudio.layers import select_layers
-from comfyui_stylemamba.stylestudio.patches import (
-    CrossAdaINPatch, SigmaWindow, StyleKV, TeacherAttn1Patch, TeacherWrapper, sdpa_attention,
-)
+from comfyui_stylemamba.stylestudio.attention import sdpa_attention
+from comfyui_stylemamba.stylestudio.hooks import SigmaWindow
+from comfyui_stylemamba.stylestudio.patches import CrossAdaINPatch, StyleKV, TeacherAttn1Patch, TeacherWrapper
 from test_stylestudio_patches import HEADS, INNER, SD15_LAYERS, SDXL_LAYERS, options, random_style, reference_attention
 
 WINDOW = SigmaWindow(high=10.0, low=0.0)

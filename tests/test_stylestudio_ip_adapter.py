@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from comfyui_stylemamba.stylestudio.ip_adapter import (
-    IPAdapterError, load_ip_adapter, project_image_features, weights_per_layer,
-)
+from comfyui_stylemamba.stylestudio.adapter_files import IPAdapterError
+from comfyui_stylemamba.stylestudio.ip_adapter import load_ip_adapter, project_image_features, weights_per_layer
 from comfyui_stylemamba.stylestudio.layers import SD15_BLOCKS
 
 CONTEXT = 24

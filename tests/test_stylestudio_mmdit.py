@@ -6,13 +6,13 @@ import math
 
 import pytest
 import torch
-from builders import sd35_ip_adapter_layout
+from adapter_layouts import sd35_ip_adapter_layout
 from torch import nn
 
 from comfyui_stylemamba.stylestudio.dit import (STYLE_KEY, BlockAttention, BranchCall, DiTBlockPatch, ImageStyle, StyleBatch,
                                                 branch_image_attention)
 from comfyui_stylemamba.stylestudio.dit_blocks import mmdit_blocks, select_dit_blocks
-from comfyui_stylemamba.stylestudio.patches import SigmaWindow
+from comfyui_stylemamba.stylestudio.hooks import SigmaWindow
 from comfyui_stylemamba.stylestudio.sd3_ip_adapter import SD3Tokens, block_keys_values, ip_branch, parse_sd3_ip_adapter, resample
 from comfyui_stylemamba.stylestudio.tensor_group import TensorGroup
 

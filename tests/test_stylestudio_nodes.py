@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_stylemamba import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from comfyui_stylemamba.nodes.stylestudio_nodes import StyleStudioCrossAdaIN, _existing_patch, style_kv, style_tokens
-from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterWeights
+from comfyui_stylemamba.nodes.stylestudio_nodes import StyleStudioCrossAdaIN, _existing_patch
+from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterWeights, style_tokens
 from comfyui_stylemamba.stylestudio.layers import PRESETS
+from comfyui_stylemamba.stylestudio.patches import style_kv
 
 
 def test_node_is_registered_with_sockets_widgets_and_tooltips():

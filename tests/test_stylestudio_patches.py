@@ -10,13 +10,12 @@ import torch
 from torch import nn
 
 from comfyui_stylemamba.stylestudio.adain import cross_modal_adain
+from comfyui_stylemamba.stylestudio.block_indices import parse_block_indices
 from comfyui_stylemamba.stylestudio.layers import (
-    SD15_BLOCKS, SDXL_BLOCKS, UnsupportedModelError, detect_family, parse_block_indices, select_layers,
-    unet_cross_attention_layers,
+    SD15_BLOCKS, SDXL_BLOCKS, UnsupportedModelError, detect_family, select_layers, unet_cross_attention_layers,
 )
-from comfyui_stylemamba.stylestudio.patches import (
-    TEACHER_KEY, CrossAdaINPatch, SigmaWindow, StyleKV, TeacherAttn1Patch, TeacherHandover, TeacherWrapper,
-)
+from comfyui_stylemamba.stylestudio.hooks import TEACHER_KEY, SigmaWindow, TeacherHandover
+from comfyui_stylemamba.stylestudio.patches import CrossAdaINPatch, StyleKV, TeacherAttn1Patch, TeacherWrapper
 
 HEADS, DIM_HEAD = 2, 4
 INNER = HEADS * DIM_HEAD

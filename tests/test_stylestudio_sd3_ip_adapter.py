@@ -10,14 +10,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from builders import sd35_ip_adapter_layout
+from adapter_layouts import sd35_ip_adapter_layout
 from torch import nn
 
-from comfyui_stylemamba.stylestudio.dit_blocks import UnsupportedDiTError
+from comfyui_stylemamba.stylestudio.adapter_files import IPAdapterError
+from comfyui_stylemamba.stylestudio.attention import split_heads
 from comfyui_stylemamba.stylestudio.dit_adapters import load_dit_adapter
-from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterError
+from comfyui_stylemamba.stylestudio.dit_blocks import UnsupportedDiTError
 from comfyui_stylemamba.stylestudio.sd3_ip_adapter import (adapter_norm, block_keys_values, ip_branch, parse_sd3_ip_adapter, resample,
-                                                           split_heads, timestep_embedding)
+                                                           timestep_embedding)
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers import SD3Transformer2DModel  # noqa: E402
@@ -97,11 +98,11 @@ def test_the_ip_branch_equals_diffusers_sd3_ip_adapter_processor(layout, index):
     with torch.no_grad():
         expected = attn(hidden_states=image, encoder_hidden_states=context, ip_hidden_states=tokens, temb=time)[0]
         head = WIDTH // HEADS
-        q_img, k_img = attn.norm_q(split_heads(attn.to_q(image), head)), attn.norm_k(split_heads(attn.to_k(image), head))
-        v_img = split_heads(attn.to_v(image), head)
-        q_txt = attn.norm_added_q(split_heads(attn.add_q_proj(context), head))
-        k_txt = attn.norm_added_k(split_heads(attn.add_k_proj(context), head))
-        v_txt = split_heads(attn.add_v_proj(context), head)
+        q_img, k_img = attn.norm_q(split_heads(attn.to_q(image), head_dim=head)), attn.norm_k(split_heads(attn.to_k(image), head_dim=head))
+        v_img = split_heads(attn.to_v(image), head_dim=head)
+        q_txt = attn.norm_added_q(split_heads(attn.add_q_proj(context), head_dim=head))
+        k_txt = attn.norm_added_k(split_heads(attn.add_k_proj(context), head_dim=head))
+        v_txt = split_heads(attn.add_v_proj(context), head_dim=head)
         joint = softmax_attention(q_img, torch.cat((k_txt, k_img), 2), torch.cat((v_txt, v_img), 2))
         k_ip, v_ip = block_keys_values(adapter.blocks[index], tokens, time)
         branch, style = ip_branch(q_img, k_img, v_img, k_ip, v_ip, adapter.blocks[index], (attn.norm_q.weight, attn.norm_k.weight),

@@ -12,7 +12,8 @@ from comfyui_stylemamba.stylemamba.checkpoint import CheckpointError, StyleMamba
 from comfyui_stylemamba.stylemamba.model import ModelInputError, StyleFusionModel
 from comfyui_stylemamba.stylemamba.style import StyleEmbedding
 from comfyui_stylemamba.stylemamba.stylize import stylize_latents
-from comfyui_stylemamba.stylemamba.video_latents import VIDEO_FAMILIES, VideoInputError, video_mask
+from comfyui_stylemamba.stylemamba.latent_families import VIDEO_FAMILIES, VideoInputError
+from comfyui_stylemamba.stylemamba.video_latents import video_mask
 
 from builders import tiny_config, trained_like
 

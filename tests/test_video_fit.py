@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba, new_style_mamba
 from comfyui_stylemamba.stylemamba.training.fit import FitSettings, fit_style
 from comfyui_stylemamba.stylemamba.training.losses import LossWeights, video_weights
-from comfyui_stylemamba.stylemamba.video_latents import VideoInputError
+from comfyui_stylemamba.stylemamba.latent_families import VideoInputError
 
 from builders import tiny_config, trained_like
 from test_fit import image_encoder, style, vae  # noqa: F401 (the per-style fit's fixtures)

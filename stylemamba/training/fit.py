@@ -21,7 +21,7 @@ from ..encoders import ImageEncoder
 from ..image_style import siglip_rgb
 from ..images import fit_resolution
 from ..temporal import TemporalContext
-from ..video_latents import VideoInputError
+from ..latent_families import VideoInputError
 from .losses import (
     STYLE_STATISTICS,
     LossWeights,

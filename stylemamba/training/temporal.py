@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..video_latents import VideoInputError
+from ..latent_families import VideoInputError
 
 
 def _check_video(video: torch.Tensor, order: int, name: str) -> None:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ..video_latents import VideoInputError, describe_video_latent, video_families
+from ..latent_families import VideoInputError, describe_video_latent, video_families
 
 
 def check_temporal_compression(video_frames: int, latent: torch.Tensor) -> None:

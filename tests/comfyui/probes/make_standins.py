@@ -56,9 +56,9 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel  # noqa: E4
 from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(TESTS))
-from builders import (TINY_EMBED_DIM, build_tiny_siglip, pan_zoom_clip, sd35_ip_adapter_layout, tiny_config,  # noqa: E402
-                      trained_like)
+sys.path[:0] = [str(TESTS), str(TESTS.parent / "benchmarks")]  # the test builders; the adapter layouts benchmarks share
+from adapter_layouts import sd35_ip_adapter_layout, xlabs_flux_ip_adapter  # noqa: E402
+from builders import TINY_EMBED_DIM, build_tiny_siglip, pan_zoom_clip, tiny_config, trained_like  # noqa: E402
 
 from comfyui_stylemamba.stylemamba.checkpoint import new_style_mamba, save_checkpoint  # noqa: E402
 from comfyui_stylemamba.stylemamba.config import DEFAULT_TEXT_ENCODER  # noqa: E402
@@ -280,33 +280,6 @@ def ip_layers(generator: torch.Generator, unet: dict[str, torch.Size]) -> dict[s
         for which in "kv":
             out[f"{2 * i + 1}.to_{which}_ip.weight"] = torch.randn(inner, CONTEXT_DIM, generator=generator) / math.sqrt(CONTEXT_DIM)
     return out
-
-
-def xlabs_flux_ip_adapter(generator: torch.Generator, width: int, token_width: int, clip_width: int, doubles: int,
-                          tokens: int = 4) -> dict[str, torch.Tensor]:
-    """XLabs flux-ip-adapter, flat keys as its .safetensors stores them: ImageProjModel over CLIP ViT-L image_embeds,
-    and biased K/V projections in every double block's processor."""
-    rand = lambda *shape: torch.randn(*shape, generator=generator) / math.sqrt(shape[-1])
-    state = {"ip_adapter_proj_model.proj.weight": rand(tokens * token_width, clip_width),
-             "ip_adapter_proj_model.proj.bias": torch.zeros(tokens * token_width),
-             "ip_adapter_proj_model.norm.weight": torch.ones(token_width), "ip_adapter_proj_model.norm.bias": torch.zeros(token_width)}
-    for i in range(doubles):
-        for which in "kv":
-            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{which}_proj.weight"] = rand(width, token_width)
-            state[f"double_blocks.{i}.processor.ip_adapter_double_stream_{which}_proj.bias"] = torch.zeros(width)
-    return state
-
-
-def instantx_flux_ip_adapter(generator: torch.Generator, width: int, token_width: int, clip_width: int, blocks: int,
-                             tokens: int) -> dict[str, dict[str, torch.Tensor]]:
-    """InstantX FLUX.1-dev-IP-Adapter, nested groups as its ip-adapter.bin stores them: an MLP over SigLIP image_embeds
-    (released: 128 tokens) and unbiased to_k_ip/to_v_ip for every double, then single block."""
-    rand = lambda *shape: torch.randn(*shape, generator=generator) / math.sqrt(shape[-1])
-    image_proj = {"proj.0.weight": rand(2 * clip_width, clip_width), "proj.0.bias": torch.zeros(2 * clip_width),
-                  "proj.2.weight": rand(tokens * token_width, 2 * clip_width), "proj.2.bias": torch.zeros(tokens * token_width),
-                  "norm.weight": torch.ones(token_width), "norm.bias": torch.zeros(token_width)}
-    layers = {f"{n}.to_{which}_ip.weight": rand(width, token_width) for n in range(blocks) for which in "kv"}
-    return {"image_proj": image_proj, "ip_adapter": layers}
 
 
 def write(path: Path, tensors: dict[str, torch.Tensor]) -> str:

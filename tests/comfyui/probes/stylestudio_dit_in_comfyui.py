@@ -5,14 +5,17 @@ Usage (ComfyUI's venv, cwd = ComfyUI root): ``stylestudio_dit_in_comfyui.py``. L
 
 The model is ``comfy.model_base.Flux`` built through ``comfy.supported_models.Flux`` with small widths (2 double and
 4 single blocks), sampled with ``comfy.sample``; the style model is ComfyUI's ``ReduxImageEncoder`` in its
-``StyleModel``, narrowed to the tiny widths; CLIP vision is a stand-in whose hidden states follow the image.
+``StyleModel``, narrowed to the tiny widths; CLIP vision is a stand-in whose hidden states follow the image (all three
+from ``benchmarks/comfy_standins.py``, which the overhead benchmark measures on too).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+from pathlib import Path
 
 from comfy.cli_args import args
 
@@ -20,63 +23,24 @@ args.cpu = True
 
 import torch  # noqa: E402
 
-import comfy.clip_vision  # noqa: E402
-import comfy.ldm.flux.redux  # noqa: E402
 import comfy.sample  # noqa: E402
 import comfy.sd  # noqa: E402
-import comfy.supported_models  # noqa: E402
 import nodes  # noqa: E402
-from stylestudio_in_comfyui import counting_model, distance, random_patcher, tiny_unet  # noqa: E402
+from stylestudio_in_comfyui import counting_model, distance, tiny_unet  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))  # the ComfyUI stand-ins benchmarks share
+from comfy_standins import CONTEXT, POOLED, StandInSiglip, image, tiny_flux, tiny_redux  # noqa: E402
 
 import comfyui_stylemamba.stylestudio.dit as dit  # noqa: E402
 from comfyui_stylemamba.nodes.stylestudio_dit_nodes import StyleStudioCrossAdaINDiT  # noqa: E402
 
-CONTEXT, POOLED, HIDDEN, VISION = 32, 16, 32, 24  # text width, pooled width, model width, CLIP-vision width
-FLUX = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=POOLED, context_in_dim=CONTEXT, hidden_size=HIDDEN,
-            mlp_ratio=4.0, num_heads=2, depth=2, depth_single_blocks=4, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
-            qkv_bias=True, guidance_embed=True)
 LATENT = (1, 16, 8, 8)  # 16 image tokens
-STEPS, TEXT_TOKENS, PATCHES = 4, 7, 5  # Redux tokens per image = PATCHES
-
-
-def tiny_flux(dtype: torch.dtype = torch.float32):
-    config = comfy.supported_models.Flux(dict(FLUX))
-    config.set_inference_dtype(dtype, None)
-    return random_patcher(config.get_model({}))
-
-
-def tiny_redux(vision: int = VISION, context: int = CONTEXT) -> comfy.sd.StyleModel:
-    """ComfyUI's Redux encoder, narrowed; seeded weights (ComfyUI's layers skip initialisation, leaving memory as found)."""
-    encoder = comfy.ldm.flux.redux.ReduxImageEncoder(redux_dim=vision, txt_in_features=context)
-    generator = torch.Generator().manual_seed(8)
-    with torch.no_grad():
-        for parameter in encoder.parameters():
-            fan_in = parameter.shape[-1] if parameter.ndim > 1 else 1
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
-    return comfy.sd.StyleModel(encoder)
-
-
-class StandInSiglip:
-    """CLIP vision reduced to ``last_hidden_state``, which Redux reads; each image's tokens follow its colours."""
-
-    def __init__(self, width: int = VISION):
-        self.width = width
-
-    def encode_image(self, image: torch.Tensor) -> comfy.clip_vision.Output:
-        colour = image.mean(dim=(1, 2))  # (n, 3)
-        output = comfy.clip_vision.Output()
-        phases = torch.arange(1.0, PATCHES + 1)[None, :, None] * colour.sum(-1)[:, None, None] * 3
-        output["last_hidden_state"] = torch.sin(phases + torch.arange(self.width) * 0.7)
-        return output
+STEPS, TEXT_TOKENS = 4, 7
 
 
 def conditioning(seed: int) -> list:
     generator = torch.Generator().manual_seed(seed)
     return [[torch.randn(1, TEXT_TOKENS, CONTEXT, generator=generator), {"pooled_output": torch.randn(1, POOLED, generator=generator)}]]
-
-
-def image(value: float) -> torch.Tensor:
-    return torch.linspace(0, value, 16 * 16 * 3).reshape(1, 16, 16, 3)
 
 
 def sample(model, positive, negative, cfg: float = 1.0) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """StyleStudio (DiT IP-Adapter) in-process in a real ComfyUI, on the tiny Flux of ``stylestudio_dit_in_comfyui.py``, with
-XLabs- and InstantX-layout Flux IP-Adapter files at tiny widths (written by ``make_standins.py``'s builders).
+XLabs- and InstantX-layout Flux IP-Adapter files at tiny widths (written by ``benchmarks/adapter_layouts.py``'s builders).
 
 Usage (ComfyUI's venv, cwd = ComfyUI root): ``stylestudio_dit_ipadapter_in_comfyui.py``. Last stdout line: one JSON
 object that ``tests/comfyui/test_stylestudio_dit_ipadapter_in_comfyui.py`` asserts on.
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from stylestudio_dit_in_comfyui import (CONTEXT, HIDDEN, LATENT, STEPS, TEXT_TOKENS, conditioning, image, message,  # noqa: I001
-                                        other_pack, recorded_adain, sample, tiny_flux)
+from stylestudio_dit_in_comfyui import (LATENT, STEPS, TEXT_TOKENS, conditioning, message, other_pack, recorded_adain,  # noqa: I001
+                                        sample)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -29,30 +29,16 @@ import comfy.ldm.flux.math as flux_math  # noqa: E402
 import comfy.model_management  # noqa: E402
 import folder_paths  # noqa: E402
 from comfy.ldm.flux.layers import apply_mod  # noqa: E402
-from make_standins import instantx_flux_ip_adapter, xlabs_flux_ip_adapter  # noqa: E402
+from adapter_layouts import instantx_flux_ip_adapter, xlabs_flux_ip_adapter  # noqa: E402  (benchmarks/, on sys.path from the Flux probe)
+from comfy_standins import CLIP_WIDTH, CONTEXT, HIDDEN, SIGLIP, VIT_L, StandInClipVision, image, tiny_flux  # noqa: E402
 from stylestudio_in_comfyui import counting_model, distance, tiny_unet  # noqa: E402
 
 import comfyui_stylemamba.stylestudio.dit as dit  # noqa: E402
 from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import ADAPTER_WEIGHTS_KEY, StyleStudioCrossAdaINDiTIPAdapter  # noqa: E402
 
 HEADS = 2
-VIT_L, SIGLIP = 20, 28  # stand-in CLIP ViT-L / SigLIP image_embeds widths
 FILES = {"xlabs": "flux-ip-adapter-tiny.safetensors", "instantx": "flux1-dev-ip-adapter-tiny.bin"}
-CLIP_WIDTH = {"xlabs": VIT_L, "instantx": SIGLIP}
 BLOCKS = 6  # the tiny Flux: 2 double + 4 single
-
-
-class StandInClipVision:
-    """CLIP vision reduced to ``image_embeds``, which both Flux adapters read; each image's embedding follows its colours."""
-
-    def __init__(self, width: int):
-        self.width = width
-
-    def encode_image(self, picture: torch.Tensor) -> comfy.clip_vision.Output:
-        colour = picture.mean(dim=(1, 2)).sum(-1, keepdim=True)  # (n, 1)
-        output = comfy.clip_vision.Output()
-        output["image_embeds"] = torch.sin(colour * 5 + torch.arange(self.width) * 0.9) * 2
-        return output
 
 
 def write_files(folder: Path) -> dict:

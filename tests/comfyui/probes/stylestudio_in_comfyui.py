@@ -38,8 +38,9 @@ import folder_paths  # noqa: E402
 from comfy.ldm.modules.attention import optimized_attention  # noqa: E402
 
 TESTS = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(TESTS))
+sys.path[:0] = [str(TESTS), str(TESTS.parent / "benchmarks")]  # the test builders; the ComfyUI stand-ins benchmarks share
 from builders import TINY_EMBED_DIM, build_tiny_siglip, tiny_config  # noqa: E402
+from comfy_standins import random_patcher  # noqa: E402
 from collecting_patch import ImagePromptCallback, apply_collecting_patch, ipadapter_keys  # noqa: E402
 
 from comfyui_stylemamba.nodes.stylemamba_nodes import StyleFuse, TextStyleEncode  # noqa: E402
@@ -74,22 +75,6 @@ def tiny_unet(family: str, dtype: torch.dtype = torch.float32) -> comfy.model_pa
     config = config_class(dict(unet_config))
     config.set_inference_dtype(dtype, None)
     return random_patcher(config.get_model({}))
-
-
-def random_patcher(model) -> comfy.model_patcher.ModelPatcher:
-    """``model``'s diffusion model with seeded random weights (zero biases, unit norms), in a CPU ``ModelPatcher``."""
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in model.diffusion_model.named_parameters():
-            if name.endswith("bias"):
-                parameter.zero_()
-            elif parameter.ndim == 1:
-                parameter.fill_(1.0)
-            else:
-                fan_in = math.prod(parameter.shape[1:])
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) / math.sqrt(fan_in))
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
 
 
 def counting_model(base) -> tuple[comfy.model_patcher.ModelPatcher, list[int]]:

@@ -7,8 +7,8 @@ Usage (ComfyUI's venv, cwd = ComfyUI root): ``stylestudio_mmdit_in_comfyui.py``.
 The model is ``comfy.model_base.SD3`` built through ``comfy.supported_models.SD3`` (ComfyUI's MMDiT: 128 wide, 2 heads of
 64, 3 joint blocks, the last one ``pre_only``, RMS q/k norm as SD3.5) with random weights and random q/k-norm weights,
 sampled with ``comfy.sample`` (real CFG, as SD3.5 runs). The adapter file is the released ``.bin`` layout (nested
-``image_proj``/``ip_adapter``) written by ``builders.sd35_ip_adapter_layout``; CLIP vision is a stand-in whose penultimate
-hidden states follow the image.
+``image_proj``/``ip_adapter``) written by ``benchmarks/adapter_layouts.sd35_ip_adapter_layout``; CLIP vision is a stand-in
+whose penultimate hidden states follow the image.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ import comfy.sample  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import folder_paths  # noqa: E402
 from comfy.ldm.chroma.model import Chroma  # noqa: E402
-from stylestudio_dit_in_comfyui import message, other_pack, recorded_adain, tiny_flux  # noqa: E402
-from stylestudio_in_comfyui import counting_model, distance, random_patcher, tiny_unet  # noqa: E402
+from stylestudio_dit_in_comfyui import message, other_pack, recorded_adain  # noqa: E402
+from stylestudio_in_comfyui import counting_model, distance, tiny_unet  # noqa: E402
 
-TESTS = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(TESTS))
-from builders import sd35_ip_adapter_layout  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))  # the ComfyUI stand-ins benchmarks share
+from adapter_layouts import sd35_ip_adapter_layout  # noqa: E402
+from comfy_standins import (CONTEXT, POOLED, SD3_BLOCKS as BLOCKS, SD3_DEPTH as DEPTH, SD3_FEATURES as FEATURES,  # noqa: E402
+                            StandInSiglipHidden, image, tiny_flux, tiny_sd3)
 
 import comfyui_stylemamba.stylestudio.dit as dit  # noqa: E402
 from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import ADAPTER_WEIGHTS_KEY, StyleStudioCrossAdaINDiTIPAdapter  # noqa: E402
@@ -46,44 +47,10 @@ from comfyui_stylemamba.stylestudio import sd3_ip_adapter as sd3  # noqa: E402
 from comfyui_stylemamba.stylestudio.dit_blocks import flux_blocks  # noqa: E402
 from comfyui_stylemamba.stylestudio.dit_adapters import load_dit_adapter  # noqa: E402
 
-DEPTH, BLOCKS, CONTEXT, POOLED, FEATURES, PATCHES = 2, 3, 32, 16, 20, 9
 WIDTH, HEADS = 64 * DEPTH, DEPTH  # ComfyUI's MMDiT: 64·depth wide, depth heads of 64
-SD3 = dict(in_channels=16, out_channels=16, patch_size=2, depth=DEPTH, num_blocks=BLOCKS, adm_in_channels=POOLED,
-           pos_embed_max_size=8, num_patches=64, qk_norm="rms",
-           context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": CONTEXT, "out_features": WIDTH}})
 LATENT = (1, 16, 8, 8)  # 16 image tokens
 STEPS, TEXT_TOKENS, CFG = 4, 7, 3.0
 ADAPTER, NARROW, FLUX_ADAPTER, SDXL_ADAPTER = "sd35-ip-adapter.bin", "sd35-narrow.bin", "flux-ip.bin", "sdxl-ip.bin"
-
-
-def tiny_sd3(x_self_attention: bool = False, **overrides):
-    """ComfyUI's SD3 with seeded weights; the q/k norms get random weights (not 1) so the adapter's norm ratio is tested.
-    ``overrides``: other MMDiT settings (the benchmark's wider model)."""
-    config = comfy.supported_models.SD3(dict(SD3, x_block_self_attn_layers=[0] if x_self_attention else [], **overrides))
-    config.set_inference_dtype(torch.float32, None)
-    patcher = random_patcher(config.get_model({}))
-    model = patcher.get_model_object("diffusion_model")
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        model.pos_embed.copy_(torch.randn(model.pos_embed.shape, generator=generator) * 0.1)  # a buffer: not initialised
-        for name, parameter in model.named_parameters():
-            if ".ln_q." in name or ".ln_k." in name:
-                parameter.copy_(1 + 0.3 * torch.randn(parameter.shape, generator=generator))
-    return patcher
-
-
-class StandInSiglip:
-    """CLIP vision reduced to ``penultimate_hidden_states``, which the SD3.5 adapter reads; they follow the image's colours."""
-
-    def __init__(self, width: int = FEATURES):
-        self.width = width
-
-    def encode_image(self, image: torch.Tensor) -> comfy.clip_vision.Output:
-        colour = image.mean(dim=(1, 2))
-        output = comfy.clip_vision.Output()
-        phases = torch.arange(1.0, PATCHES + 1)[None, :, None] * colour.sum(-1)[:, None, None] * 3
-        output["penultimate_hidden_states"] = torch.sin(phases + torch.arange(self.width) * 0.7)
-        return output
 
 
 def write_adapters(folder: Path) -> None:
@@ -106,10 +73,6 @@ def conditioning(seed: int) -> list:
     return [[torch.randn(1, TEXT_TOKENS, CONTEXT, generator=generator), {"pooled_output": torch.randn(1, POOLED, generator=generator)}]]
 
 
-def image(value: float) -> torch.Tensor:
-    return torch.linspace(0, value, 16 * 16 * 3).reshape(1, 16, 16, 3)
-
-
 def sample(model, cfg: float = CFG) -> torch.Tensor:
     noise = torch.randn(LATENT, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -120,7 +83,7 @@ def sample(model, cfg: float = CFG) -> torch.Tensor:
 def patch(model, strength=1.0, layers="all blocks", custom="0", teacher=False, negative_image=None, clip=None, file=ADAPTER,
           window=(0.0, 1.0)):
     with torch.inference_mode():
-        return StyleStudioCrossAdaINDiTIPAdapter().patch(model, file, clip or StandInSiglip(), image(1.0), strength, layers, custom,
+        return StyleStudioCrossAdaINDiTIPAdapter().patch(model, file, clip or StandInSiglipHidden(), image(1.0), strength, layers, custom,
                                                          window[0], window[1], teacher, 0.5, negative_image)[0]
 
 
@@ -179,7 +142,7 @@ class ReferenceAdapter:
 def strength_zero(base, adapter) -> dict:
     unpatched = sample(base)
     plain = sample(patch(base, 0.0))
-    reference = sample(ReferenceAdapter(base, adapter, StandInSiglip().encode_image(image(1.0))["penultimate_hidden_states"]).patched(base))
+    reference = sample(ReferenceAdapter(base, adapter, StandInSiglipHidden().encode_image(image(1.0))["penultimate_hidden_states"]).patched(base))
     return {"repeat": distance(sample(base), unpatched), "plain_vs_unpatched": distance(plain, unpatched),
             "teacher_on_vs_off": distance(sample(patch(base, 0.0, teacher=True)), plain),
             "outside_window_vs_strength0": distance(sample(patch(base, 1.0, window=(1.0, 1.0))), plain),
@@ -198,7 +161,7 @@ def formula_and_handover(base, adapter) -> dict:
     real block: the branch and its style part against InstantX's formula in float64 from the block's own q/k/v, the block's
     image rows against the float64 StyleStudio formula, and the teacher's q/k against the unpatched model's."""
     model = patch(base, 0.6, layers="custom", custom="1", teacher=True)
-    features = StandInSiglip().encode_image(image(1.0))["penultimate_hidden_states"]
+    features = StandInSiglipHidden().encode_image(image(1.0))["penultimate_hidden_states"]
     sampling = base.get_model_object("model_sampling")
     attention = base.get_model_object("diffusion_model").joint_blocks[1].x_block.attn
     x = torch.randn((2,) + LATENT[1:], generator=torch.Generator().manual_seed(9))
@@ -322,7 +285,7 @@ def errors(base) -> dict:
         "flux_adapter_on_sd3": message(lambda: patch(base, file=FLUX_ADAPTER)),
         "sdxl_adapter_on_sd3": message(lambda: patch(base, file=SDXL_ADAPTER)),
         "adapter_of_another_width": message(lambda: patch(base, file=NARROW)),
-        "clip_vision_of_wrong_size": message(lambda: patch(base, clip=StandInSiglip(width=16))),
+        "clip_vision_of_wrong_size": message(lambda: patch(base, clip=StandInSiglipHidden(width=16))),
         "single_blocks_preset": message(lambda: patch(base, layers="single blocks")),
     }
 
