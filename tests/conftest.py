@@ -16,6 +16,25 @@ from builders import tiny_config, trained_like
 from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba, save_checkpoint
 
 SHARED_ASSETS = Path(__file__).resolve().parents[2] / "shared" / "assets"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RootAsPlainDirectory:
+    """Collect the repository root as a plain directory, not as the package it is.
+
+    The root is the custom-node package (its ``__init__.py`` imports ``.nodes`` relatively). pytest would set it
+    up as a test package by importing that ``__init__.py`` by path, which fails wherever the clone's folder is not a
+    valid module name (``comfyui-stylemamba``, as ComfyUI Manager names it). A conftest's own hooks do not reach
+    the collection of folders above it, so this is registered as a plugin of the session.
+    """
+
+    @staticmethod
+    def pytest_collect_directory(path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+        return pytest.Dir.from_parent(parent, path=path) if path.resolve() == REPO_ROOT else None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.pluginmanager.register(RootAsPlainDirectory(), "stylemamba-root-as-plain-directory")
 
 
 def build_tiny_vae(folder: Path, latent_channels: int = 4) -> Path:
