@@ -39,6 +39,10 @@ from .video_fit import VideoClip, as_video, encode_clip
 
 CONTENT_LOSSES = ("latent", "siglip", "vgg")
 
+#: Longer image side a fit decodes at by default (node and shell). On a 2-core CPU with an SD-sized VAE as the training
+#: decoder a step at 512 px costs about 3.5x one at 256 px (benchmarks/results/fit-cpu.md); the model then applies at any size.
+DEFAULT_FIT_RESOLUTION = 256
+
 #: Which weights a fit hands back: the lowest on the fixed evaluation after any update, or the last update's.
 KEEP_CHOICES = ("best", "last")
 
@@ -140,10 +144,6 @@ class FitResult:
     def kept_loss(self) -> float | None:
         """The kept weights' fixed-evaluation loss; None when they were not evaluated (``keep='last'``)."""
         return self.evaluations[self.kept_step]["total"] if self.evaluations else None
-
-    @property
-    def steps_per_second(self) -> float:
-        return len(self.history) / self.seconds if self.seconds > 0 else math.inf
 
     def summary(self) -> str:
         """One line for the node's text and the shell: steps, time and which weights came back."""
