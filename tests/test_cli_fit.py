@@ -55,13 +55,14 @@ def test_fit_with_a_tiny_decoder_and_its_refusals(tmp_path, content, tiny_vae, t
     assert "image not found" in capsys.readouterr().err
 
 
-def test_stylize_without_checkpoint_fits_and_saves_beside_the_output(tmp_path, content, tiny_vae, tiny_siglip):
+def test_stylize_without_checkpoint_fits_and_saves_beside_the_output(tmp_path, content, tiny_vae, tiny_siglip, capsys):
     out = tmp_path / "out.png"
     args = [
         "stylize", str(content), "--style", "oil painting", "--vae", str(tiny_vae), "--text-encoder", str(tiny_siglip),
         "--iterations", "1", "--lr", "0.01", "-o", str(out),
     ]
     assert main(args) == 0
+    assert "fitted 1 steps in " in capsys.readouterr().out  # benchmarks/main_command.py reads the fit's time from it
     fitted = tmp_path / "out.stylemamba.safetensors"
     assert load_image(out).shape == (1, 3, 16, 20)
     assert json.loads(read_metadata(fitted)["training"])["style"] == "oil painting"

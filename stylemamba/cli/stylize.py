@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
         if fitted_path.exists() and not args.overwrite:
             raise FileExistsError(f"{fitted_path} already exists; pass it as --checkpoint, or --overwrite to fit again")
         args.text_encoder = args.text_encoder or DEFAULT_TEXT_ENCODER
-        style_mamba = fit_checkpoint(args, vae).style_mamba
+        fitted = fit_checkpoint(args, vae)
+        style_mamba = fitted.style_mamba
+        tqdm.write(f"fitted {fitted.summary()}")
         tqdm.write(f"wrote {save_checkpoint(style_mamba, fitted_path, overwrite=args.overwrite)}")
     else:
         style_mamba = load_checkpoint(args.checkpoint)
