@@ -112,7 +112,7 @@ class TrainStyleMamba:
                 "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5, "round": 1e-6, "tooltip": "Adam learning rate, halved every 100 steps."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Random crops and masks; same seed, same model."}),
                 "training_decoder": ([FULL_VAE, *tiny_decoder_files()], {"tooltip": "Decoder used while fitting: the full VAE, or a tiny autoencoder of the same latent family (taesd/taesdxl for SD1.5/SDXL, taesd3, taef1, taef2) as a fast proxy."}),
-                "max_resolution": ("INT", {"default": DEFAULT_FIT_RESOLUTION, "min": 64, "max": 4096, "step": 8, "tooltip": "Content images are downscaled so their longer side is at most this while fitting; 512 (CLIPstyler's) costs about 3.5x the time per step of 256 when decoding through an SD-sized VAE on a CPU."}),
+                "max_resolution": ("INT", {"default": DEFAULT_FIT_RESOLUTION, "min": 64, "max": 4096, "step": 8, "tooltip": "Content images are downscaled so their longer side is at most this while fitting; 512 (CLIPstyler's) costs about 4x the time per step of 256 (the decode grows with the pixel count)."}),
             },
             "optional": {
                 "style_mamba": ("STYLE_MAMBA", {"tooltip": "Start from this model (e.g. a multi-style checkpoint) instead of a new one."}),

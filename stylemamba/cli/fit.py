@@ -43,7 +43,7 @@ def add_fit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
     parser.add_argument("--tiny-family", choices=sorted(FAMILIES), help="family of --train-decoder when its file name does not say it")
     parser.add_argument(
         "--max-resolution", type=int, default=DEFAULT_FIT_RESOLUTION,
-        help="longer image side while fitting; 512 is CLIPstyler's, at about 3.5x the time per step on a CPU (default: %(default)s)",
+        help="longer image side while fitting; 512 is CLIPstyler's, at about 4x the time per step (default: %(default)s)",
     )
     parser.add_argument("--content-loss", choices=CONTENT_LOSSES, default="latent", help="content term (default: %(default)s)")
     parser.add_argument("--vgg-weights", type=Path, help="torchvision VGG-19 state dict for --content-loss vgg and --style-stats-weight")

@@ -40,7 +40,7 @@ from .video_fit import VideoClip, as_video, encode_clip
 CONTENT_LOSSES = ("latent", "siglip", "vgg")
 
 #: Longer image side a fit decodes at by default (node and shell). On a 2-core CPU with an SD-sized VAE as the training
-#: decoder a step at 512 px costs about 3.5x one at 256 px (benchmarks/results/fit-cpu.md); the model then applies at any size.
+#: decoder a step at 512 px costs about 4x one at 256 px (benchmarks/results/fit-cpu.md); the model then applies at any size.
 DEFAULT_FIT_RESOLUTION = 256
 
 #: Which weights a fit hands back: the lowest on the fixed evaluation after any update, or the last update's.
