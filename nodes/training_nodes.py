@@ -20,9 +20,8 @@ from ..stylemamba.checkpoint import StyleMamba, save_checkpoint
 from ..stylemamba.config import DEFAULT_TEXT_ENCODER
 from ..stylemamba.encoders import load_image_encoder, load_text_encoder
 from ..stylemamba.images import fit_resolution, to_pil
-from ..stylemamba.training.fit import FitResult, FitSettings, fit_model
+from ..stylemamba.training.fit import DEFAULT_FIT_RESOLUTION, FitResult, FitSettings, fit_model, fit_weights
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
-from ..stylemamba.training.losses import LossWeights, video_weights
 from ..stylemamba.training.reference_styles import fit_target_style
 from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19
@@ -36,6 +35,8 @@ PREVIEW_SIZE = 512
 #: Where TrainStyleMamba writes its best model when the user presses Cancel (models/stylemamba/<prefix>_00001…).
 CANCELLED_PREFIX = "TrainStyleMamba_cancelled"
 NO_VGG = "none"
+#: keep_weights choices, as FitSettings.keep values.
+KEEP_WEIGHTS = {"best on a fixed evaluation": "best", "last update": "last"}
 
 
 def tiny_decoder_files() -> list[str]:
@@ -83,19 +84,20 @@ def preview_image(images: torch.Tensor, step: int, total: int, loss: float) -> t
 
 class TrainStyleMamba:
     DESCRIPTION = (
-        "Fits a StyleMamba model to a style text on your content images (CLIPstyler-style losses in SigLIP space). "
+        "Fits a StyleMamba model to a style text on your content images with the paper's losses in SigLIP space (global, "
+        "masked and second-order directional, content, smoothness); CLIPstyler's patch-wise loss is an option. "
         "Decodes through the full VAE, or a tiny autoencoder from models/vae_approx as a much faster proxy. "
         "Style images (optional) replace the text, or join it: the losses then aim along the content→style image "
         "direction in SigLIP space (with text too, at the equal-weight mix of both), and a VGG-19 style-statistics "
         "loss on them can be switched on with a VGG file from models/vgg. "
-        f"Cancel stops the fit and saves the best model so far as models/stylemamba/{CANCELLED_PREFIX}_00001.safetensors "
+        f"Cancel stops the fit and saves the model so far (the weights keep_weights names) as models/stylemamba/{CANCELLED_PREFIX}_00001.safetensors "
         "(the next free number; the node's text and the log name the file), then the prompt ends as cancelled: "
         "load that file with LoadStyleMamba, or queue the prompt again to run the rest of the graph with it."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STYLE_MAMBA",)
     RETURN_NAMES = ("style_mamba",)
-    OUTPUT_TOOLTIPS = ("The fitted model (lowest loss seen); apply it with StyleFuse, keep it with SaveStyleMamba.",)
+    OUTPUT_TOOLTIPS = ("The fitted model (the weights keep_weights names; the node's text says which update and why); apply it with StyleFuse, keep it with SaveStyleMamba.",)
     FUNCTION = "train"
 
     @classmethod
@@ -110,7 +112,7 @@ class TrainStyleMamba:
                 "learning_rate": ("FLOAT", {"default": 5e-4, "min": 1e-6, "max": 1e-1, "step": 1e-5, "round": 1e-6, "tooltip": "Adam learning rate, halved every 100 steps."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Random crops and masks; same seed, same model."}),
                 "training_decoder": ([FULL_VAE, *tiny_decoder_files()], {"tooltip": "Decoder used while fitting: the full VAE, or a tiny autoencoder of the same latent family (taesd/taesdxl for SD1.5/SDXL, taesd3, taef1, taef2) as a fast proxy."}),
-                "max_resolution": ("INT", {"default": 512, "min": 64, "max": 4096, "step": 8, "tooltip": "Content images are downscaled so their longer side is at most this while fitting."}),
+                "max_resolution": ("INT", {"default": DEFAULT_FIT_RESOLUTION, "min": 64, "max": 4096, "step": 8, "tooltip": "Content images are downscaled so their longer side is at most this while fitting; 512 (CLIPstyler's) costs about 4x the time per step of 256 (the decode grows with the pixel count)."}),
             },
             "optional": {
                 "style_mamba": ("STYLE_MAMBA", {"tooltip": "Start from this model (e.g. a multi-style checkpoint) instead of a new one."}),
@@ -119,6 +121,10 @@ class TrainStyleMamba:
                 "style_statistics_weight": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e7, "step": 100.0, "tooltip": "Weight of the VGG-19 mean/std (AdaIN) statistics loss on relu1_1..relu4_1 of the style images; 0 = off. Needs style_images and vgg_weights."}),
                 "vgg_weights": ([NO_VGG, *comfy_bridge.list_model_files("vgg")], {"tooltip": "torchvision VGG-19 state dict in models/vgg, for the style-statistics loss."}),
                 "video": ("BOOLEAN", {"default": False, "tooltip": "Treat the images as the frames of one clip (at least 3, in order): the temporal layers train and the temporal masked, second-order and consistency losses keep the style steady across frames. Each step decodes 4 latent frames."}),
+                "patch_loss": ("BOOLEAN", {"default": False, "tooltip": "Add CLIPstyler's patch-wise directional loss (weight 9000) to the paper's losses. Its crops go through the image encoder every step: with a base-sized SigLIP most of a step's time."}),
+                "patch_crops": ("INT", {"default": 64, "min": 1, "max": 512, "tooltip": "With patch_loss: random crops per image and step (64 is CLIPstyler's)."}),
+                "patch_crop_resolution": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 16, "tooltip": "With patch_loss: the size crops are encoded at; 0 = the encoder's input size (224 for SigLIP-base, as CLIPstyler's CLIP). Smaller is cheaper."}),
+                "keep_weights": (list(KEEP_WEIGHTS), {"default": "best on a fixed evaluation", "tooltip": "Which weights to return: the lowest loss on one fixed draw of masks, crops and frame window, evaluated after every update; or the last update's (skips that evaluation)."}),
             },
         }
 
@@ -126,7 +132,8 @@ class TrainStyleMamba:
         self, vae, images: torch.Tensor, style_text: str, source_text: str, iterations: int, learning_rate: float,
         seed: int, training_decoder: str, max_resolution: int, style_mamba: StyleMamba | None = None,
         text_encoder: str = FROM_MODEL, style_images: torch.Tensor | None = None, style_statistics_weight: float = 0.0,
-        vgg_weights: str = NO_VGG, video: bool = False,
+        vgg_weights: str = NO_VGG, video: bool = False, patch_loss: bool = False, patch_crops: int = 64,
+        patch_crop_resolution: int = 0, keep_weights: str = "best on a fixed evaluation",
     ) -> dict:
         if not style_text.strip() and style_images is None:
             raise ValueError(
@@ -140,11 +147,11 @@ class TrainStyleMamba:
             )
         encoder_name = text_encoder if text_encoder != FROM_MODEL else (style_mamba.text_encoder if style_mamba else DEFAULT_TEXT_ENCODER)
         device = comfy_bridge.compute_device()
-        weights = LossWeights(style_statistics=style_statistics_weight)
         settings = FitSettings(
             iterations=iterations, lr=learning_rate, seed=seed,
             train_decoder="vae" if training_decoder == FULL_VAE else training_decoder,
-            weights=video_weights(weights) if video else weights, video=video,
+            weights=fit_weights(patch_loss, patch_crops, patch_crop_resolution, style_statistics_weight, video), video=video,
+            keep=KEEP_WEIGHTS[keep_weights],
         )
         references = [] if style_images is None else [channels_first(style_images, "TrainStyleMamba: style_images")]
         with torch.inference_mode(False), torch.enable_grad():
@@ -167,14 +174,13 @@ class TrainStyleMamba:
         pending, so ComfyUI ends the prompt as cancelled before the next node runs; that is also why
         a Cancel pressed after the last step saves the model too.
         """
-        best = f"best loss {result.best_loss:.4g} at step {result.best_step}"
         if not (result.stopped_early or comfy_bridge.interrupt_requested()):
-            message = f"TrainStyleMamba: fitted {len(result.history)} steps in {result.seconds:.1f} s, {best}"
+            message = f"TrainStyleMamba: fitted {result.summary()}"
         else:
             path = save_new_checkpoint(result.style_mamba, CANCELLED_PREFIX)
             message = (
-                f"TrainStyleMamba: cancelled after step {len(result.history)} of {total}; the best model so far ({best}) "
-                f"is saved as {path}: load {path.name} with LoadStyleMamba"
+                f"TrainStyleMamba: cancelled after step {len(result.history)} of {total}; the model so far (the weights after "
+                f"update {result.kept_step}: {result.kept_reason}) is saved as {path}: load {path.name} with LoadStyleMamba"
             )
         logging.info(message)
         return message

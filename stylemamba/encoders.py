@@ -157,20 +157,27 @@ class ImageEncoder:
         mean, std = image_normalisation(name_or_path, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
         return cls(name_or_path, model, model.config.image_size, mean, std)
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(b, 3, H, W) in [0, 1] → resized, normalised pixel values, keeping the autograd graph."""
+    def preprocess(self, images: torch.Tensor, size: int = 0) -> torch.Tensor:
+        """(b, 3, H, W) in [0, 1] → resized to ``size`` (0: the encoder's own), normalised; keeps the autograd graph."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (batch, 3, height, width) in [0, 1], got {tuple(images.shape)}")
-        x = resize(images, (self.image_size, self.image_size))
+        size = size or self.image_size
+        x = resize(images, (size, size))
         mean = x.new_tensor(self.mean)[:, None, None]
         std = x.new_tensor(self.std)[:, None, None]
         return (x - mean) / std
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-length image embeddings (b, dim), differentiable with respect to ``images``."""
+    def encode(self, images: torch.Tensor, size: int = 0) -> torch.Tensor:
+        """Unit-length image embeddings (b, dim), differentiable with respect to ``images``.
+
+        ``size`` other than the encoder's input size (0) encodes at that resolution with interpolated position
+        embeddings: the cost of a ViT grows with its token count, so small crops can be encoded for less.
+        """
         model = self.model.to(images.device)
-        pixels = self.preprocess(images).to(next(model.parameters()).dtype)
-        return F.normalize(model(pixel_values=pixels).pooler_output.float(), dim=-1)
+        pixels = self.preprocess(images, size).to(next(model.parameters()).dtype)
+        other_size = bool(size) and size != self.image_size
+        output = model(pixel_values=pixels, interpolate_pos_encoding=True) if other_size else model(pixel_values=pixels)
+        return F.normalize(output.pooler_output.float(), dim=-1)
 
 
 def image_normalisation(

@@ -55,13 +55,14 @@ def test_fit_with_a_tiny_decoder_and_its_refusals(tmp_path, content, tiny_vae, t
     assert "image not found" in capsys.readouterr().err
 
 
-def test_stylize_without_checkpoint_fits_and_saves_beside_the_output(tmp_path, content, tiny_vae, tiny_siglip):
+def test_stylize_without_checkpoint_fits_and_saves_beside_the_output(tmp_path, content, tiny_vae, tiny_siglip, capsys):
     out = tmp_path / "out.png"
     args = [
         "stylize", str(content), "--style", "oil painting", "--vae", str(tiny_vae), "--text-encoder", str(tiny_siglip),
         "--iterations", "1", "--lr", "0.01", "-o", str(out),
     ]
     assert main(args) == 0
+    assert "fitted 1 steps in " in capsys.readouterr().out  # benchmarks/main_command.py reads the fit's time from it
     fitted = tmp_path / "out.stylemamba.safetensors"
     assert load_image(out).shape == (1, 3, 16, 20)
     assert json.loads(read_metadata(fitted)["training"])["style"] == "oil painting"
@@ -101,3 +102,25 @@ def test_fit_video_reads_a_folder_of_frames_as_one_clip(tmp_path, content, tiny_
     assert "is a folder: name the image files, or pass --video" in capsys.readouterr().err
     assert main(fit_args(content, tiny_vae, tiny_siglip, tmp_path / "one.safetensors", "--video")) == 2
     assert "a video fit needs at least 3 latent frames" in capsys.readouterr().err
+
+
+def test_fit_loss_set_patch_option_and_kept_weights_in_the_checkpoint(tmp_path, content, tiny_vae, tiny_siglip, capsys):
+    paper = tmp_path / "paper.safetensors"
+    assert main(fit_args(content, tiny_vae, tiny_siglip, paper)) == 0
+    assert "kept the weights after update " in capsys.readouterr().out
+    training = json.loads(read_metadata(paper)["training"])
+    assert training["settings"]["weights"]["patch"] == 0.0 and training["settings"]["keep"] == "best"
+    assert len(training["evaluation_losses"]) == 3 and training["kept_step"] in (1, 2)
+    assert "lowest loss on the fixed evaluation" in training["kept_reason"]
+    patch = tmp_path / "patch.safetensors"
+    options = ("--patch-loss", "--patch-crops", "3", "--patch-crop-resolution", "16", "--keep", "last")
+    assert main(fit_args(content, tiny_vae, tiny_siglip, patch, *options)) == 0
+    training = json.loads(read_metadata(patch)["training"])
+    weights = training["settings"]["weights"]
+    assert (weights["patch"], weights["num_crops"], weights["crop_resolution"]) == (9000.0, 3, 16)
+    assert training["kept_step"] == 2 and training["evaluation_losses"] == [] and "keep=last" in training["kept_reason"]
+    capsys.readouterr()
+    assert main(fit_args(content, tiny_vae, tiny_siglip, tmp_path / "x.safetensors", "--patch-crops", "0")) == 2
+    assert "--patch-crops must be at least 1, got 0" in capsys.readouterr().err
+    assert main(fit_args(content, tiny_vae, tiny_siglip, tmp_path / "x.safetensors", "--patch-crop-resolution", "-8")) == 2
+    assert "--patch-crop-resolution must be 0 (the encoder's input size) or more, got -8" in capsys.readouterr().err

@@ -20,7 +20,7 @@ class LinearEncoder:
         self.projection = torch.randn(3 * 64, dim, generator=torch.Generator().manual_seed(seed))
         self.inputs: list[torch.Tensor] = []
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, size: int = 0) -> torch.Tensor:
         self.inputs.append(images.detach().clone())
         pooled = F.adaptive_avg_pool2d(images, 8).flatten(1)
         return F.normalize(pooled @ self.projection, dim=-1)
@@ -291,9 +291,8 @@ def test_fit_training_and_clipstyler_assemble_the_same_terms():
     reference = decode(latents)
     styled_latents = model(latents, target)
     images = decode(styled_latents)
-    fit_terms = StyleObjective(encoder, style, latents, reference, FitSettings(weights=weights))(
-        styled_latents, images, torch.Generator().manual_seed(3)
-    )
+    objective = StyleObjective(encoder, style, latents, reference, FitSettings(weights=weights))
+    fit_terms = objective(styled_latents, images, objective.reference, torch.Generator().manual_seed(3))
     data = TrainingData(latents, reference, encoder.encode(reference), ["ink"], target, style.direction)
     index = torch.tensor([0])
     train_terms = multi_style_loss(model, decode, encoder, data, index, index, weights, torch.Generator().manual_seed(3))

@@ -104,20 +104,22 @@ def test_cancel_writes_the_best_model_so_far_and_says_where(comfy_vae, inputs, m
     saved = tmp_path / f"{training_nodes.CANCELLED_PREFIX}_00002.safetensors"  # never overwrites
     assert (tmp_path / f"{training_nodes.CANCELLED_PREFIX}_00001.safetensors").read_bytes() == b"an earlier file"
     (text,) = output["ui"]["text"]
-    assert text.startswith("TrainStyleMamba: cancelled after step 2 of 50; the best model so far (best loss ")
+    assert text.startswith("TrainStyleMamba: cancelled after step 2 of 50; the model so far (the weights after update ")
+    assert "lowest loss on the fixed evaluation" in text and f"update {fitted.training['kept_step']} of 2" in text
     assert text.endswith(f"is saved as {saved}: load {saved.name} with LoadStyleMamba") and text in caplog.text
     loaded = load_checkpoint(saved)
     assert loaded.training["stopped_early"] and loaded.text_encoder == fitted.text_encoder
     latent, style = torch.randn(1, 4, 8, 12), torch.randn(1, 32)
     with torch.no_grad():
         assert torch.equal(loaded.model(latent, style), fitted.model(latent, style))
-    assert "Cancel stops the fit and saves the best model so far as models/stylemamba/" in TrainStyleMamba.DESCRIPTION
+    assert "Cancel stops the fit and saves the model so far (the weights keep_weights names) as models/stylemamba/" in TrainStyleMamba.DESCRIPTION
 
 
 def test_a_finished_fit_saves_only_when_cancel_came_after_its_last_step(comfy_vae, inputs, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     output = run_node(comfy_vae, inputs, iterations=2)
     assert output["ui"]["text"][0].startswith("TrainStyleMamba: fitted 2 steps in ")
+    assert "; kept the weights after update " in output["ui"]["text"][0]
     assert list(tmp_path.iterdir()) == []
     calls = []
     monkeypatch.setattr(comfy_bridge, "interrupt_requested", lambda: calls.append(1) or len(calls) > 2)  # after step 2 of 2
@@ -230,3 +232,17 @@ def test_save_never_overwrites_and_keeps_the_prompt(comfy_vae, inputs, tmp_path,
 def test_preview_is_comfy_preview_tuple():
     kind, picture, size = preview_image(torch.rand(2, 3, 40, 1000), 3, 10, 1.5)
     assert kind == "JPEG" and size == 512 and picture.size == (512, 20)
+
+
+def test_new_widgets_come_last_with_defaults_so_saved_workflows_keep_their_values(comfy_vae, inputs):
+    """ComfyUI fills a saved workflow's widget values by position: the patch-loss and keep widgets are appended."""
+    spec = TrainStyleMamba.INPUT_TYPES()
+    assert list(spec["optional"])[-5:] == ["video", "patch_loss", "patch_crops", "patch_crop_resolution", "keep_weights"]
+    assert set(training_nodes.KEEP_WEIGHTS.values()) == {"best", "last"}
+    assert spec["optional"]["keep_weights"][1]["default"] == "best on a fixed evaluation"
+    fitted = train(comfy_vae, inputs, iterations=2)
+    assert fitted.training["settings"]["weights"]["patch"] == 0.0 and fitted.training["settings"]["keep"] == "best"
+    patched = train(comfy_vae, inputs, iterations=2, patch_loss=True, patch_crops=3, patch_crop_resolution=16, keep_weights="last update")
+    weights = patched.training["settings"]["weights"]
+    assert (weights["patch"], weights["num_crops"], weights["crop_resolution"]) == (9000.0, 3, 16)
+    assert patched.training["kept_step"] == 2 and "keep=last" in patched.training["kept_reason"]

@@ -50,12 +50,18 @@ def test_video_fit_trains_the_temporal_mixers_with_the_temporal_losses(vae, imag
     assert all(h[name] >= 0 and torch.isfinite(torch.tensor(h[name])) for h in result.history for name in TEMPORAL_TERMS)
     assert result.history[0]["temporal_consistency"] == 0.0  # zero-gated mixers and head: no change yet
     assert torch.count_nonzero(start.model.temporal[0].out_proj.weight) == 0  # the input model is left alone
-    # The zero head passes no gradient at step 0; from step 1 on the temporal projection moves.
-    # A trained head passes gradient to the temporal projection from step 0 on.
-    assert result.best_step >= 1 and torch.count_nonzero(result.style_mamba.model.temporal[0].out_proj.weight) > 0
+    # The zero head passes no gradient at step 0, so update 1 leaves the temporal layers at zero; the kept weights are
+    # from an update that moved them, whichever was lowest on the fixed evaluation.
+    assert result.kept_step >= 2 and "from update 2" in result.kept_reason
+    assert torch.count_nonzero(result.style_mamba.model.temporal[0].out_proj.weight) > 0
     assert result.style_mamba.training["latent_frames"] == 6 and result.style_mamba.training["settings"]["video"] is True
-    # frames_per_step bounds every decode: the 1-frame set-up reference, then a 2-frame content and styled window per step.
-    assert calls == [(1, 4, 8, 8)] + [(2, 4, 8, 8)] * 8
+    # frames_per_step bounds every decode: the 1-frame set-up reference, the evaluation's content window, then per
+    # step a 2-frame content and styled window and the evaluation's styled window, and the last update's evaluation.
+    assert calls == [(1, 4, 8, 8)] + [(2, 4, 8, 8)] * (1 + 3 * 4 + 1)
+    for keep in ("best", "last"):  # one update reaches the head only: said, not hidden
+        once = fit_style(start, clip(6), style, vae.encode, vae.decode, image_encoder, video_settings(iterations=1, keep=keep))
+        assert once.kept_step == 1 and "no update moved the temporal layers" in once.kept_reason
+        assert torch.count_nonzero(once.style_mamba.model.temporal[0].out_proj.weight) == 0
 
 
 def test_image_fit_leaves_the_temporal_mixers_at_zero(vae, image_encoder, style):
@@ -92,9 +98,9 @@ def test_a_video_vae_fit_honours_its_temporal_compression(image_encoder, style):
     start = StyleMamba(model=trained_like(tiny_config(latent_channels=16, style_dim=32, depth=1)), text_encoder="tiny")
     result = fit_style(start, clip(13), style, codec.encode, counting(codec.decode, calls), image_encoder, settings)
     assert result.style_mamba.training["latent_frames"] == 4  # 13 = 4·3 + 1 frames
-    assert calls == [(1, 16, 1, 8, 8)] + [(1, 16, 2, 8, 8)] * 8  # windows of 2 latent frames = 5 video frames each
+    assert calls == [(1, 16, 1, 8, 8)] + [(1, 16, 2, 8, 8)] * 14  # windows of 2 latent frames = 5 video frames each
     # A trained head passes gradient to the temporal projection from step 0 on.
-    assert result.best_step >= 1 and torch.count_nonzero(result.style_mamba.model.temporal[0].out_proj.weight) > 0
+    assert result.kept_step >= 1 and torch.count_nonzero(result.style_mamba.model.temporal[0].out_proj.weight) > 0
     with pytest.raises(VideoInputError, match=r"a Wan 2.1 / Wan 2.2-14B VAE packs 4 video frames .* \(…, 9, 13, …\); this one has 12"):
         fit_style(tiny_model(16), clip(12), style, lambda f: codec.encode(f[:9]), codec.decode, image_encoder, settings)
 

@@ -15,9 +15,9 @@ from tqdm import tqdm
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..config import DEFAULT_TEXT_ENCODER
 from ..encoders import ImageEncoder, TextEncoder, load_image_encoder, load_text_encoder
-from ..training.fit import CONTENT_LOSSES, FitResult, FitSettings, fit_model
+from ..training.fit import CONTENT_LOSSES, DEFAULT_FIT_RESOLUTION, KEEP_CHOICES, FitResult, FitSettings, fit_model, fit_weights
 from ..images import IMAGE_SUFFIXES, list_images, load_image, resize
-from ..training.losses import STYLE_STATISTICS, LossWeights, video_weights
+from ..training.losses import STYLE_STATISTICS
 from ..training.reference_styles import fit_target_style
 from .checks import at_least, check_images, check_model_sources, require_file, require_text
 from .styles import load_reference
@@ -43,9 +43,28 @@ def add_fit_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup)
         "of the same latent family as a fast proxy (default: %(default)s)",
     )
     parser.add_argument("--tiny-family", choices=sorted(FAMILIES), help="family of --train-decoder when its file name does not say it")
-    parser.add_argument("--max-resolution", type=int, default=512, help="longer image side while fitting (default: %(default)s)")
+    parser.add_argument(
+        "--max-resolution", type=int, default=DEFAULT_FIT_RESOLUTION,
+        help="longer image side while fitting; 512 is CLIPstyler's, at about 4x the time per step (default: %(default)s)",
+    )
     parser.add_argument("--content-loss", choices=CONTENT_LOSSES, default="latent", help="content term (default: %(default)s)")
     parser.add_argument("--vgg-weights", type=Path, help="torchvision VGG-19 state dict for --content-loss vgg and --style-stats-weight")
+    parser.add_argument(
+        "--patch-loss", action="store_true",
+        help="add CLIPstyler's patch-wise directional loss (weight 9000) to the paper's global, masked and second-order ones; "
+        "its crops go through the image encoder every step, most of a step's time with a base-sized encoder",
+    )
+    parser.add_argument("--patch-crops", type=int, default=64, help="with --patch-loss, crops per image (default: %(default)s, CLIPstyler's)")
+    parser.add_argument(
+        "--patch-crop-resolution", type=int, default=0,
+        help="with --patch-loss, the size crops are encoded at; 0 = the encoder's input size, 224 for SigLIP-base as for "
+        "CLIPstyler's CLIP (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep", choices=KEEP_CHOICES, default=FitSettings.keep,
+        help="weights to return: 'best' = lowest loss on one fixed draw of masks/crops, evaluated after every update; "
+        "'last' = the last update's, without that evaluation (default: %(default)s)",
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,13 +121,17 @@ def settings_from_args(args: argparse.Namespace) -> FitSettings:
         raise ValueError("--style-stats-weight matches the statistics of style images: pass --style-image PATH")
     if style_stats_weight > 0 and args.vgg_weights is None:
         raise ValueError("--style-stats-weight needs --vgg-weights (a torchvision VGG-19 state dict file)")
+    if args.patch_crops < 1:
+        raise ValueError(f"--patch-crops must be at least 1, got {args.patch_crops}")
+    if args.patch_crop_resolution < 0:
+        raise ValueError(f"--patch-crop-resolution must be 0 (the encoder's input size) or more, got {args.patch_crop_resolution}")
     decoder = args.train_decoder if args.train_decoder == "vae" else Path(args.train_decoder).name
     video = getattr(args, "video", False)  # ``stylize`` fits on images only
-    weights = LossWeights(style_statistics=style_stats_weight)
+    weights = fit_weights(args.patch_loss, args.patch_crops, args.patch_crop_resolution, style_stats_weight, video)
     return FitSettings(
         iterations=args.iterations, lr=args.lr, seed=args.seed, content_loss=args.content_loss, train_decoder=decoder,
-        weights=video_weights(weights) if video else weights, style_statistics=getattr(args, "style_stats", "mean_std"),
-        video=video, frames_per_step=getattr(args, "frames_per_step", FitSettings.frames_per_step),
+        weights=weights, style_statistics=getattr(args, "style_stats", "mean_std"), video=video,
+        frames_per_step=getattr(args, "frames_per_step", FitSettings.frames_per_step), keep=args.keep,
     )
 
 
@@ -234,8 +257,5 @@ def run(args: argparse.Namespace) -> int:
     vae, _, _ = load_vae_and_siglip(args, args.text_encoder)
     result = fit_checkpoint(args, vae, style_images)
     save_checkpoint(result.style_mamba, args.output, overwrite=args.overwrite)
-    print(
-        f"wrote {args.output}: {len(result.history)} steps in {result.seconds:.1f} s "
-        f"({result.steps_per_second:.2f} steps/s), best loss {result.best_loss:.4g} at step {result.best_step}"
-    )
+    print(f"wrote {args.output}: {result.summary()}")
     return 0

@@ -92,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
     vae, encoder, image_encoder = load_vae_and_siglip(args, encoder_name, image_tower=style_mamba is None or bool(references))
     if style_mamba is None:
-        style_mamba = fit_checkpoint(args, vae).style_mamba
+        fitted = fit_checkpoint(args, vae)
+        style_mamba = fitted.style_mamba
+        tqdm.write(f"fitted {fitted.summary()}")
         tqdm.write(f"wrote {save_checkpoint(style_mamba, fitted_checkpoint_path(args.output), overwrite=args.overwrite)}")
     style_mamba.model.check_latent_channels(vae.latent_channels)
     style, mask = command_style(args, encoder, image_encoder, references, masks)

@@ -54,7 +54,10 @@ class LossWeights:
     without pulling the fit away from the text. ``distortion`` is the perspective strength of the
     patch crops (torchvision's ``distortion_scale``, 0.5 in CLIPstyler). With the latent content
     term, ``content`` weighs changes measured in each latent channel's own std (``latent_content_loss``),
-    so 150 acts alike on SD1.5, SDXL, SD3 and Flux latents.
+    so 150 acts alike on SD1.5, SDXL, SD3 and Flux latents. ``crop_resolution`` is the size the patch crops are
+    encoded at: 0 is the encoder's input size (224 for SigLIP-base/16-224, what CLIPstyler's CLIP ViT-B/32 sees);
+    a smaller one cuts the patch term's cost with the token count. A per-style fit runs the paper's set, without
+    the patch term (``training.fit.fit_weights``); these weights are what it and the CLIPstyler baseline use when on.
 
     Two style terms are off by default: ``style_statistics`` weighs VGG-19 feature statistics of the
     style images (``style_statistics_loss``, needs style images and VGG weights) and ``contrastive``
@@ -76,6 +79,7 @@ class LossWeights:
     threshold: float = 0.7
     num_crops: int = 64
     crop_size: int = 128
+    crop_resolution: int = 0
     distortion: float = 0.5
     mask_ratio: float = 0.5
     mask_patch_size: int = 16
@@ -98,6 +102,8 @@ class LossWeights:
         for name in ("num_crops", "crop_size", "mask_patch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LossWeights.{name} must be at least 1, got {getattr(self, name)}")
+        if self.crop_resolution < 0:
+            raise ValueError(f"LossWeights.crop_resolution must be 0 (the encoder's input size) or more, got {self.crop_resolution}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"LossWeights.mask_ratio must be in [0, 1), got {self.mask_ratio}")
         if self.distortion > 1.0:
@@ -299,11 +305,12 @@ def patch_directional_loss(
     threshold: float = 0.7,
     generator: torch.Generator | None = None,
     distortion: float = 0.5,
+    resolution: int = 0,
 ) -> torch.Tensor:
     """CLIPstyler's patch loss: L_patch = (1/N) Σ_n R(1 − cos(E(aug(crop_n(I_s))) − f_content, Δt), τ).
 
-    Each of the N random crops is warped by a random perspective and encoded (the encoder
-    resizes it to its own input size); R(l, τ) = l if l ≥ τ else 0 rejects patches that already
+    Each of the N random crops is warped by a random perspective and encoded at ``resolution`` (0: the
+    encoder's own input size); R(l, τ) = l if l ≥ τ else 0 rejects patches that already
     follow the text ("easy" patches), so the gradient goes to the regions still lagging.
     As in CLIPstyler's code, rejected patches count as 0 in the mean over all N crops: the loss
     anneals as more patches pass τ instead of concentrating the whole weight on the last few.
@@ -315,7 +322,7 @@ def patch_directional_loss(
     if content_features.shape[0] not in (1, batch):
         raise ValueError(f"{content_features.shape[0]} content embeddings for {batch} styled images")
     crops = random_perspective(random_crops(styled, num_crops, crop_size, generator), distortion, generator)
-    crop_features = image_encoder.encode(crops).view(batch, num_crops, -1)
+    crop_features = image_encoder.encode(crops, resolution).view(batch, num_crops, -1)
     difference = crop_features - content_features.view(-1, 1, content_features.shape[-1])
     direction = text_direction.to(difference.dtype).view(-1, 1, difference.shape[-1]).expand_as(difference)
     per_patch = 1 - F.cosine_similarity(difference, direction, dim=-1)
@@ -533,7 +540,7 @@ def weighted_loss(
     if weights.patch > 0:
         terms["patch"] = weights.patch * patch_directional_loss(
             image_encoder, images, reference_features, directions,
-            weights.num_crops, weights.crop_size, weights.threshold, generator, weights.distortion,
+            weights.num_crops, weights.crop_size, weights.threshold, generator, weights.distortion, weights.crop_resolution,
         )
     if weights.content > 0:
         terms["content"] = weights.content * content()
