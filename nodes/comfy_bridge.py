@@ -271,3 +271,13 @@ def free_memory() -> None:
     model_management = _optional("comfy.model_management")
     if model_management is not None:
         model_management.soft_empty_cache()
+
+
+def attention_function() -> Any:
+    """ComfyUI's attention (the backend its command line chose) for our attention patches; plain SDPA outside ComfyUI."""
+    attention = _optional("comfy.ldm.modules.attention")
+    if attention is None:
+        from ..stylestudio.patches import sdpa_attention
+
+        return sdpa_attention
+    return attention.optimized_attention

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..stylestudio.ip_adapter import IPAdapterError, IPAdapterWeights, load_ip_adapter, project_image_features, weights_per_layer
-from ..stylestudio.layers import PRESETS, Block, Layer, select_layers, unet_cross_attention_layers
+from ..stylestudio.layers import PRESETS, select_layers, unet_cross_attention_layers
+from ..stylestudio.layers import existing_patch as _existing_patch, patch_key as _patch_key
 from ..stylestudio.patches import CrossAdaINPatch, SigmaWindow, StyleKV, TeacherAttn1Patch, TeacherWrapper
 from . import comfy_bridge
 
@@ -43,21 +44,6 @@ def style_kv(layer_weights: tuple[Tensor, Tensor], positive: Tensor, negative: T
     """Project both token sets once with the layer's to_k_ip / to_v_ip, so sampling steps only attend."""
     k, v = (w.float() for w in layer_weights)
     return StyleKV(F.linear(positive, k), F.linear(positive, v), F.linear(negative, k), F.linear(negative, v))
-
-
-def _existing_patch(patches: dict, layer: Layer) -> Any:
-    """The replace patch ComfyUI would have used at ``layer`` (exact key first, then the block key)."""
-    return patches.get(layer, patches.get(layer[:2]))
-
-
-def _patch_key(patches: dict, layer: Layer, layers_in_block: int) -> Layer | Block:
-    """Where our patch for ``layer`` goes: where ComfyUI runs it, and where a collecting pack applied later finds it.
-
-    A block with one transformer layer (every SD1.5 block) is keyed ``(block, id)``, the key IPAdapter_plus uses on
-    SD1.5, so its ``add()`` reaches our patch instead of creating a block patch that ComfyUI would never run behind an
-    indexed one. An occupied indexed key keeps the indexed key: ComfyUI looks that one up first.
-    """
-    return layer[:2] if layers_in_block == 1 and layer not in patches else layer
 
 
 class StyleStudioCrossAdaIN:
