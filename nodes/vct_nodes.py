@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..stylestudio.layers import existing_patch, patch_key, unet_cross_attention_layers
+from ..vct.autograd import allow_autograd
 from ..vct.attention import CrossRefinePatch, SelfInjectionPatch
 from ..vct.concept import ConceptSettings, Vectors, learn_concept
 from ..vct.ddim import DDIMSchedule, NullTextSettings, invert, null_text_optimise
@@ -163,6 +164,7 @@ class VCTContentInversion:
             if inner_steps == 0 or cfg == 1.0:
                 nulls, losses = [null.context] * steps, []
             else:
+                allow_autograd(model.model)
                 settings = NullTextSettings(inner_steps=inner_steps)
                 nulls, losses = null_text_optimise(
                     eps, path, source.as_kind(POSITIVE), null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
@@ -210,6 +212,9 @@ class VCTConceptInversion:
         path = free_path(Path(folders[0]) if folders else Path.cwd(), embedding_name)
         x0 = model.model.process_latent_in(vae.encode(reference[..., :3]).float())
         comfy_bridge.load_patcher(model)
+        clip.load_model()
+        allow_autograd(model.model)
+        allow_autograd(clip.cond_stage_model)
         tokens, slots = concept_tokens(clip, vectors)
         initial = initial_vectors(clip, initializer_word, vectors, set(tokens))
         check_family(model, initial)
@@ -364,7 +369,8 @@ class VCTFusion:
         return {"required": {
             "model": ("MODEL",), "clip": ("CLIP",),
             "inversion": ("VCT_INVERSION", {"tooltip": "From VCT Content Inversion with the same MODEL."}),
-            "concept": ("STRING", {"forceInput": True, "tooltip": "From VCT Concept Inversion (embedding:<name>)."}),
+            "concept": ("STRING", {"default": "embedding:vct_concept", "tooltip": (
+                "The concept: link VCT Concept Inversion's output, or type embedding:<name> of an earlier one.")}),
             "prompt": ("STRING", {"default": "{concept}", "multiline": True,
                                   "tooltip": "The target prompt; {concept} is replaced by the concept."}),
             "self_attention_end": ("FLOAT", {"default": 0.9, **cls.PERCENT, "tooltip": "Paper: steps [0, 45) of 50."}),
