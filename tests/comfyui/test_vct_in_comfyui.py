@@ -76,3 +76,15 @@ def test_the_nodes_fuse_end_to_end_and_refuse_bad_inputs_clearly(report):
     assert "another MODEL" in errors["other_model"]
     assert "NaN" in errors["nan_latent"] and "one image latent" in errors["batch_latent"]
     assert "one image" in errors["reference_batch"] and "plain file name" in errors["bad_name"]
+
+
+def test_on_an_sdxl_shaped_unet_inversion_and_injection_hold_with_the_adm_vector_and_indexed_layers(report):
+    result = report["sdxl"]
+    assert result["cfg1_rms"] < 0.35 * result["scale"]  # 6 DDIM steps on a random UNet: within 35 % of the content RMS
+    assert result["plain_cfg_rms"] > 3 * result["cfg1_rms"]  # CFG 7.5 drifts
+    assert result["null_text_rms"] < 0.95 * result["plain_cfg_rms"]  # 10 null-text steps reduce it (measured 1.2x)
+    assert result["off_vs_plain"] < 1e-4
+    # 16 transformer layers, 10 of them in blocks of 2 (keyed (block, id, index)); every self-attention call at <= 16
+    # queries in steps [0, 4) used the source's probabilities exactly
+    assert result["layers"] == 16 and result["indexed_keys"] == 10
+    assert result["injected"] > 0 and result["injected_max_difference"] == 0.0

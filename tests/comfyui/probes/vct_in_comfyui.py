@@ -8,6 +8,8 @@ the saved file, the attention probabilities the fusion's target stream used, and
 The UNet is ComfyUI's ``UNetModel`` in a ``comfy.model_base.BaseModel`` (``supported_models.SD15`` with small channels
 but SD1.5's 768-wide context); the CLIP is ComfyUI's ``SD1ClipModel`` + ``SD1Tokenizer`` (the real CLIP-L vocabulary)
 with one 768-wide layer, in a ``comfy.sd.CLIP`` whose embedding directory is a temp folder.
+An SDXL-shaped UNet (the StyleStudio probe's) checks inversion, null-text and injection with SDXL's ADM vector and
+blocks of two transformer layers, on random contexts (no SDXL CLIP).
 """
 
 from __future__ import annotations
@@ -226,6 +228,51 @@ def chaining(model, clip, inversion) -> dict:
             "cross_effect": distance(ours, cross_off), "finite": bool(ours_first.isfinite().all())}
 
 
+def tiny_sdxl():
+    """The SDXL-shaped UNet of the StyleStudio probe (blocks of 1 and 2 transformer layers, ADM input), smooth ε."""
+    config_class, unet_config = UNETS["SDXL"]
+    config = config_class(dict(unet_config))
+    config.set_inference_dtype(torch.float32, None)
+    patcher = random_patcher(config.get_model({}))
+    with torch.no_grad():
+        patcher.model.diffusion_model.out[-1].weight.mul_(0.05)
+    return patcher
+
+
+def sdxl_core() -> dict:
+    """(a) and (c) on SDXL: the ADM vector and blocks of several transformer layers (indexed patch keys)."""
+    model = tiny_sdxl()
+    generator = torch.Generator().manual_seed(8)
+    adm = lambda pooled: model.model.encode_adm(pooled_output=pooled, width=64, height=64, crop_w=0, crop_h=0,
+                                                target_width=64, target_height=64)
+    caption = Cond(torch.randn(1, 7, 32, generator=generator), adm(torch.randn(1, 32, generator=generator)))
+    target = Cond(torch.randn(1, 7, 32, generator=generator), adm(torch.randn(1, 32, generator=generator)))
+    null = Cond(torch.zeros(1, 7, 32), adm(torch.zeros(1, 32)), (NEGATIVE,))
+    eps, schedule = ComfyEps(model), ddim.DDIMSchedule.from_table(model.get_model_object("model_sampling").sigmas, STEPS)
+    x0 = model.model.process_latent_in(content_latent())
+    with torch.inference_mode():
+        path = ddim.invert(eps, x0, caption, schedule)
+        cfg1 = ddim.sample(eps, path[-1], caption, None, schedule, 1.0)
+        plain = ddim.sample(eps, path[-1], caption, null, schedule, CFG)
+        nulls, _ = ddim.null_text_optimise(eps, path, caption, null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
+                                           schedule, CFG, ddim.NullTextSettings(inner_steps=INNER))
+        null_conds = [Cond(n, null.adm, (NEGATIVE,)) for n in nulls]
+        null_text = ddim.sample(eps, path[-1], caption, null_conds, schedule, CFG)
+        off = fuse(ComfyEps(with_attention_control(model)), path[-1], null_conds, caption, target, schedule, CFG,
+                   paper_control(STEPS, 0.0, 0.0))[1]
+        plain_target = ddim.sample(eps, path[-1], target, null_conds, schedule, CFG)
+        recorder = RecordingAttention()
+        fuse(ComfyEps(with_attention_control(model, recorder)), path[-1], null_conds, caption, target, schedule, CFG,
+             paper_control(STEPS, 0.6, 0.0, self_max_tokens=16))
+    layers = len(recorder.self_calls) // STEPS
+    injected = [distance(c_t, c_s) for i, (tokens, (_, _, c_s, c_t)) in enumerate(recorder.self_calls)
+                if i // layers < round(0.6 * STEPS) and tokens <= 16]
+    attn1 = with_attention_control(model).model_options["transformer_options"]["patches_replace"]["attn1"]
+    return {"scale": rms(x0, torch.zeros_like(x0)), "cfg1_rms": rms(cfg1, x0), "plain_cfg_rms": rms(plain, x0),
+            "null_text_rms": rms(null_text, x0), "off_vs_plain": distance(off, plain_target), "layers": layers,
+            "injected": len(injected), "injected_max_difference": max(injected), "indexed_keys": sum(len(k) == 3 for k in attn1)}
+
+
 def nodes(model, clip, inversion, concept_name: str) -> dict:
     """The fusion node end to end, and the bad inputs each node must refuse with a clear message."""
     def message(call) -> str:
@@ -273,6 +320,7 @@ def main() -> dict:
         report["injection"] = timed("injection", lambda: injection(model, clip, inversion))
         report["chaining"] = timed("chaining", lambda: chaining(model, clip, inversion))
         report["nodes"] = timed("nodes", lambda: nodes(model, clip, inversion, report["concept"]["names"][0]))
+        report["sdxl"] = timed("sdxl", sdxl_core)
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 
