@@ -1,10 +1,10 @@
 """ComfyUI node classes, gathered from one module per feature."""
 
 from . import (score_nodes, style_mix_nodes, stylemamba_nodes, stylestudio_dit_ipadapter_nodes, stylestudio_dit_nodes,
-               stylestudio_nodes, training_nodes)
+               stylestudio_nodes, training_nodes, vct_nodes)
 
 _MODULES = (stylemamba_nodes, style_mix_nodes, stylestudio_nodes, stylestudio_dit_nodes, stylestudio_dit_ipadapter_nodes,
-            training_nodes, score_nodes)
+            training_nodes, score_nodes, vct_nodes)
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}

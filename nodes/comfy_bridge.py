@@ -281,3 +281,4 @@ def free_memory() -> None:
     model_management = _optional("comfy.model_management")
     if model_management is not None:
         model_management.soft_empty_cache()
+

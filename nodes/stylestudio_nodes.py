@@ -13,26 +13,12 @@ from torch import Tensor
 
 from ..stylestudio.adapter_files import IPAdapterError
 from ..stylestudio.ip_adapter import IPAdapterWeights, load_ip_adapter, style_tokens, weights_per_layer
-from ..stylestudio.layers import PRESETS, Block, Layer, select_layers, unet_cross_attention_layers
+from ..stylestudio.layers import PRESETS, select_layers, unet_cross_attention_layers
+from ..stylestudio.layers import existing_patch, patch_key
 from ..stylestudio.patches import CrossAdaINPatch, TeacherAttn1Patch, TeacherWrapper, style_kv
 from . import comfy_bridge
 from .stylestudio_base import (IPADAPTER_FOLDER, StyleStudioNode, check_window, layer_inputs, negative_style_input,
                                replace_patches, schedule_inputs, sigma_window, strength_input, style_image_input)
-
-
-def _existing_patch(patches: dict, layer: Layer) -> Any:
-    """The replace patch ComfyUI would have used at ``layer`` (exact key first, then the block key)."""
-    return patches.get(layer, patches.get(layer[:2]))
-
-
-def _patch_key(patches: dict, layer: Layer, layers_in_block: int) -> Layer | Block:
-    """Where our patch for ``layer`` goes: where ComfyUI runs it, and where a collecting pack applied later finds it.
-
-    A block with one transformer layer (every SD1.5 block) is keyed ``(block, id)``, the key IPAdapter_plus uses on
-    SD1.5, so its ``add()`` reaches our patch instead of creating a block patch that ComfyUI would never run behind an
-    indexed one. An occupied indexed key keeps the indexed key: ComfyUI looks that one up first.
-    """
-    return layer[:2] if layers_in_block == 1 and layer not in patches else layer
 
 
 class StyleStudioCrossAdaIN(StyleStudioNode):
@@ -93,12 +79,12 @@ class StyleStudioCrossAdaIN(StyleStudioNode):
         per_block = Counter(layer[:2] for layer in model_layers)
         for layer in selected:
             patch = CrossAdaINPatch(style_kv(per_layer[layer], positive, negative), strength, window,
-                                    _existing_patch(attn2, layer), optimized_attention)
-            patched.set_model_attn2_replace(patch, *_patch_key(attn2, layer, per_block[layer[:2]]))
+                                    existing_patch(attn2, layer), optimized_attention)
+            patched.set_model_attn2_replace(patch, *patch_key(attn2, layer, per_block[layer[:2]]))
         if teacher and strength > 0:  # at strength 0 the styled pass is the text-only pass: nothing to hand over
             for layer in model_layers:
-                patch = TeacherAttn1Patch(_existing_patch(attn1, layer), optimized_attention)
-                patched.set_model_attn1_replace(patch, *_patch_key(attn1, layer, per_block[layer[:2]]))
+                patch = TeacherAttn1Patch(existing_patch(attn1, layer), optimized_attention)
+                patched.set_model_attn1_replace(patch, *patch_key(attn1, layer, per_block[layer[:2]]))
             wrapper = TeacherWrapper(sampling.percent_to_sigma(teacher_end_percent), patched.model_options.get("model_function_wrapper"))
             patched.set_model_unet_function_wrapper(wrapper)
         return (patched,)

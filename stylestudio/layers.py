@@ -8,6 +8,7 @@ explicit index list counts blocks in UNet order, the same numbering IP-Adapter u
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 
@@ -107,3 +108,18 @@ def select_layers(layers: Sequence[Layer], preset: str, custom: str = "") -> lis
     else:
         raise ValueError(f"Unknown layer preset {preset!r}; choose one of {PRESETS}")
     return [layer for layer in layers if layer[:2] in chosen]
+
+
+def existing_patch(patches: dict, layer: Layer) -> Any:
+    """The replace patch ComfyUI would have used at ``layer`` (exact key first, then the block key)."""
+    return patches.get(layer, patches.get(layer[:2]))
+
+
+def patch_key(patches: dict, layer: Layer, layers_in_block: int) -> Layer | Block:
+    """Where our patch for ``layer`` goes: where ComfyUI runs it, and where a collecting pack applied later finds it.
+
+    A block with one transformer layer (every SD1.5 block) is keyed ``(block, id)``, the key IPAdapter_plus uses on
+    SD1.5, so its ``add()`` reaches our patch instead of creating a block patch that ComfyUI would never run behind an
+    indexed one. An occupied indexed key keeps the indexed key: ComfyUI looks that one up first.
+    """
+    return layer[:2] if layers_in_block == 1 and layer not in patches else layer

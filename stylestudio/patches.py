@@ -39,8 +39,9 @@ AttentionFn = Callable[..., Tensor]
 ReplacePatch = Callable[[Tensor, Tensor, Tensor, dict[str, Any]], Tensor]
 
 
-def _attend(previous: ReplacePatch | None, attention: AttentionFn,
-            q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
+def attend_or_chain(previous: ReplacePatch | None, attention: AttentionFn,
+                    q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
+    """The patch this one displaced (another pack's, chained), or plain attention where there was none."""
     if previous is not None:
         return previous(q, k, v, extra_options)
     return attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"))
@@ -84,20 +85,15 @@ def style_kv(layer_weights: tuple[Tensor, Tensor], positive: Tensor, negative: T
     return StyleKV(F.linear(positive, k), F.linear(positive, v), F.linear(negative, k), F.linear(negative, v))
 
 
-class CrossAdaINPatch(ChainedPatch):
-    """attn2 replace patch: ``lerp(T, AdaIN(T, I), strength)`` with ``T`` the text and ``I`` the style-token attention.
+class CollectingPatch(ChainedPatch):
+    """Base of our attn2 patches: the layer's own output is the displaced patch (or plain attention) plus every
+    contribution a pack applied later handed over with ``add`` (the convention of ComfyUI_IPAdapter_plus)."""
 
-    ``T`` includes what other packs add on this layer, whether they were applied before ours
-    (``previous``) or after it (``add``).
-    """
-
-    def __init__(self, style: StyleKV, strength: float, window: SigmaWindow,
-                 previous: ReplacePatch | None = None, attention: AttentionFn = sdpa_attention) -> None:
-        self.style, self.strength, self.window = style, strength, window
+    def __init__(self, previous: ReplacePatch | None = None, attention: AttentionFn = sdpa_attention) -> None:
         self.previous, self.attention = previous, attention
         self.collected: list[tuple[Callable[..., Tensor], dict[str, Any]]] = []
 
-    def __deepcopy__(self, memo: dict) -> "CrossAdaINPatch":
+    def __deepcopy__(self, memo: dict) -> "CollectingPatch":
         twin = copy.copy(self)
         twin.collected = list(self.collected)
         return twin
@@ -106,6 +102,29 @@ class CrossAdaINPatch(ChainedPatch):
         """IPAdapter_plus's convention: ``out += callback(out, q, k, v, extra_options, **kwargs)`` while
         ``kwargs["sigma_end"] <= sigma <= kwargs["sigma_start"]``."""
         self.collected.append((callback, kwargs))
+
+    def text_attention(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
+        """The layer's own output: the displaced patch (or plain attention) plus every collected contribution."""
+        out = attend_or_chain(self.previous, self.attention, q, k, v, extra_options)
+        sigmas = extra_options.get("sigmas")
+        for callback, kwargs in self.collected:
+            window = SigmaWindow(high=kwargs.get("sigma_start", math.inf), low=kwargs.get("sigma_end", -math.inf))
+            if window.contains(sigmas):
+                out = out + callback(out, q, k, v, extra_options, **kwargs)
+        return out
+
+
+class CrossAdaINPatch(CollectingPatch):
+    """attn2 replace patch: ``lerp(T, AdaIN(T, I), strength)`` with ``T`` the text and ``I`` the style-token attention.
+
+    ``T`` includes what other packs add on this layer, whether they were applied before ours
+    (``previous``) or after it (``add``).
+    """
+
+    def __init__(self, style: StyleKV, strength: float, window: SigmaWindow,
+                 previous: ReplacePatch | None = None, attention: AttentionFn = sdpa_attention) -> None:
+        super().__init__(previous, attention)
+        self.style, self.strength, self.window = style, strength, window
 
     def set_new_condition(self, **kwargs: Any) -> None:
         """The convention of ComfyUI_IPAdapter_plus before May 2024: it hands over data that only its own patch can use."""
@@ -126,16 +145,6 @@ class CrossAdaINPatch(ChainedPatch):
         if self.strength == 0.0 or (handover is not None and handover.recording) or not self.window.contains(extra_options.get("sigmas")):
             return text
         return cross_modal_adain(text, self.style_attention(q, extra_options), self.strength)
-
-    def text_attention(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict[str, Any]) -> Tensor:
-        """The layer's own output: the displaced patch (or plain attention) plus every collected contribution."""
-        out = _attend(self.previous, self.attention, q, k, v, extra_options)
-        sigmas = extra_options.get("sigmas")
-        for callback, kwargs in self.collected:
-            window = SigmaWindow(high=kwargs.get("sigma_start", math.inf), low=kwargs.get("sigma_end", -math.inf))
-            if window.contains(sigmas):
-                out = out + callback(out, q, k, v, extra_options, **kwargs)
-        return out
 
     def style_attention(self, q: Tensor, extra_options: dict[str, Any]) -> Tensor:
         """Attend each CFG chunk to its own style tokens: positive style or negative style."""
@@ -170,7 +179,7 @@ class TeacherAttn1Patch(ChainedPatch):
                 handover.qk[layer] = (q, k)
             elif layer in handover.qk:
                 q, k = handover.qk.pop(layer)
-        return _attend(self.previous, self.attention, q, k, v, extra_options)
+        return attend_or_chain(self.previous, self.attention, q, k, v, extra_options)
 
 
 class TeacherWrapper(ChainedPatch):

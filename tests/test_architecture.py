@@ -104,13 +104,14 @@ ALLOWED = {
     "kernels": {"kernels"},
     "stylemamba": {"stylemamba", "kernels", "errors"},
     "stylestudio": {"stylestudio", "errors"},
+    "vct": {"vct", "stylestudio", "errors"},
     "training": {"training", "stylemamba", "kernels", "errors"},
     "cli": {"cli", "training", "stylemamba", "kernels", "errors"},
-    "nodes": {"nodes", "training", "stylemamba", "stylestudio", "kernels", "errors"},
+    "nodes": {"nodes", "training", "stylemamba", "stylestudio", "vct", "kernels", "errors"},
 }
 
 
-@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "kernels", "nodes"])
+@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "vct", "kernels", "nodes"])
 def test_layers_import_only_downwards(package):
     """The model core never imports training or the CLI, training never imports the CLI, nothing imports nodes."""
     for path in package_files(package):
@@ -122,7 +123,7 @@ def test_layers_import_only_downwards(package):
             assert target in ALLOWED[own], f"{path.relative_to(ROOT)}:{line} ({own}) imports {module!r} ({target})"
 
 
-@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "kernels"])
+@pytest.mark.parametrize("package", ["stylemamba", "stylestudio", "vct", "kernels"])
 def test_core_never_imports_comfyui_or_nodes(package):
     for path in package_files(package):
         for level, module, line in imports_of(path):
@@ -182,7 +183,7 @@ def test_nodes_import_comfy_only_lazily():
 
 
 def test_internal_imports_are_relative():
-    for package in ("nodes", "stylemamba", "stylestudio", "kernels"):
+    for package in ("nodes", "stylemamba", "stylestudio", "vct", "kernels"):
         for path in package_files(package):
             for level, module, line in imports_of(path):
                 assert not (level == 0 and module.startswith("comfyui_stylemamba")), f"{package}/{path.name}:{line}"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from collecting_patch import CollectingPatch, ImagePromptCallback, apply_collecting_patch, comfy_lookup, ipadapter_keys
-from comfyui_stylemamba.nodes.stylestudio_nodes import _existing_patch, _patch_key
+from comfyui_stylemamba.stylestudio.layers import existing_patch, patch_key
 from comfyui_stylemamba.stylestudio.adain import cross_modal_adain
 from comfyui_stylemamba.stylestudio.layers import select_layers
 from comfyui_stylemamba.stylestudio.attention import sdpa_attention
@@ -30,8 +30,8 @@ def apply_stylestudio(attn2: dict, layers, selected, style: StyleKV) -> dict:
     per_block = Counter(layer[:2] for layer in layers)
     patched = dict(attn2)
     for layer in selected:
-        patch = CrossAdaINPatch(style, 0.8, WINDOW, _existing_patch(attn2, layer), sdpa_attention)
-        patched[_patch_key(attn2, layer, per_block[layer[:2]])] = patch
+        patch = CrossAdaINPatch(style, 0.8, WINDOW, existing_patch(attn2, layer), sdpa_attention)
+        patched[patch_key(attn2, layer, per_block[layer[:2]])] = patch
     return patched
 
 
@@ -73,9 +73,9 @@ def test_ipadapter_plus_before_or_after_stylestudio_both_take_effect_with_the_sa
 
 
 def test_sd15_patches_take_the_block_key_unless_the_indexed_key_is_taken():
-    assert _patch_key({}, ("output", 3, 0), layers_in_block=1) == ("output", 3)
-    assert _patch_key({("output", 3, 0): object()}, ("output", 3, 0), layers_in_block=1) == ("output", 3, 0)
-    assert _patch_key({("output", 1): object()}, ("output", 1, 4), layers_in_block=10) == ("output", 1, 4)
+    assert patch_key({}, ("output", 3, 0), layers_in_block=1) == ("output", 3)
+    assert patch_key({("output", 3, 0): object()}, ("output", 3, 0), layers_in_block=1) == ("output", 3, 0)
+    assert patch_key({("output", 1): object()}, ("output", 1, 4), layers_in_block=10) == ("output", 1, 4)
 
 
 def test_a_pack_adding_to_a_clone_leaves_the_original_model_unchanged():

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_stylemamba import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from comfyui_stylemamba.nodes.stylestudio_nodes import StyleStudioCrossAdaIN, _existing_patch
+from comfyui_stylemamba.nodes.stylestudio_nodes import StyleStudioCrossAdaIN
+from comfyui_stylemamba.stylestudio.layers import existing_patch
 from comfyui_stylemamba.stylestudio.ip_adapter import IPAdapterWeights, style_tokens
 from comfyui_stylemamba.stylestudio.layers import PRESETS
 from comfyui_stylemamba.stylestudio.patches import style_kv
@@ -47,9 +48,9 @@ def test_style_kv_projects_both_halves_with_the_layer_weights():
 
 def test_existing_patches_are_found_by_exact_key_then_block_key():
     exact, block = object(), object()
-    assert _existing_patch({("output", 1, 0): exact, ("output", 1): block}, ("output", 1, 0)) is exact
-    assert _existing_patch({("output", 1): block}, ("output", 1, 3)) is block
-    assert _existing_patch({}, ("output", 1, 3)) is None
+    assert existing_patch({("output", 1, 0): exact, ("output", 1): block}, ("output", 1, 0)) is exact
+    assert existing_patch({("output", 1): block}, ("output", 1, 3)) is block
+    assert existing_patch({}, ("output", 1, 3)) is None
 
 
 class _RecordingClipVision:

@@ -58,7 +58,9 @@ def test_nodes_exist_and_links_join_matching_sockets(path):
         assert outputs[from_slot] == link_type, f"link {link_id}: {source['type']} output {from_slot} is {outputs[from_slot]}"
         target_input = target["inputs"][to_slot]
         assert target_input["link"] == link_id and target_input["type"] == link_type
-        inputs, _, _ = sockets(target["type"])
+        inputs, _, widgets = sockets(target["type"])
+        if "widget" in target_input:  # a widget the UI turned into an input socket (e.g. VCTFusion's concept)
+            inputs = {name: spec[0] for name, spec in widgets}
         assert inputs.get(target_input["name"]) == link_type, f"link {link_id}: {target['type']} has no {link_type} input {target_input['name']}"
         assert link_id in source["outputs"][from_slot]["links"]
     assert workflow["last_link_id"] >= max(l[0] for l in workflow["links"])

@@ -42,6 +42,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "stylestudio_negative_style_controlnet.json": (
         *SD15_STANDIN, "4.ipadapter_file=ip-adapter_sd15_standin.safetensors", "7.width=64", "7.height=64", "8.steps=2",
         "13.control_net_name=controlnet_sd15_standin.safetensors", "17.width=64", "17.height=64", "18.steps=2"),
+    # VCT on the SD1.5 stand-in: 64 px pictures, 2 concept steps, a 2-step chain with 1 null-text step per step.
+    "vct_one_shot_translation.json": ("1.ckpt_name=sd15_standin.safetensors", "4.width=64", "4.height=64", "5.width=64",
+                                      "5.height=64", "7.steps=2", "8.steps=2", "8.inner_steps=1"),
     # Twin (TWINS): Flux's DualCLIPLoader builds T5-XXL at 4.7 G parameters whatever the file, so its CLIPTextEncodes
     # become the test-only StandInFluxTextEncode (4096-d tokens + 768-d pooled). The rest is real: a Flux file with
     # 1 double + 1 single block (detection fixes the 3072 width), Redux and SigLIP so400m at their one size, a
