@@ -49,10 +49,11 @@ from comfyui_stylemamba.stylemamba.training.losses import LossWeights  # noqa: E
 from comfyui_stylemamba.stylemamba.vision_towers import clip_vision_encoder, differentiable_copy, tower_identity  # noqa: E402
 
 #: comfy/clip_vision_config_h.json and _g.json (IPAdapter_plus's CLIP-ViT-H-14 and ViT-bigG-14 image encoders).
+#: Both use exact GELU (the LAION models; OpenAI's ViT-L uses quick GELU), as ComfyUI's configs and the released config.json say.
 CLIP_VISION_H = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
-                     image_size=224, projection_dim=1024)
+                     image_size=224, projection_dim=1024, hidden_act="gelu")
 CLIP_VISION_G = dict(hidden_size=1664, intermediate_size=8192, num_hidden_layers=48, num_attention_heads=16, patch_size=14,
-                     image_size=224, projection_dim=1280)
+                     image_size=224, projection_dim=1280, hidden_act="gelu")
 #: family -> (file name, transformers class name, config)
 STANDINS = {
     "vit-l-14": ("clip_vision_l_standin.safetensors", "CLIPVisionModelWithProjection", make_standins.CLIP_VISION),
