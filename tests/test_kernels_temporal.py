@@ -12,7 +12,7 @@ from comfyui_stylemamba.kernels.reference import selective_scan_reference
 from comfyui_stylemamba.kernels.temporal import with_initial_state
 from comfyui_stylemamba.kernels.torch_backend import selective_scan_torch
 
-from .test_kernels import make_1d
+from test_kernels import make_1d
 
 
 def make_video(batch=2, dim=3, frames=7, height=2, width=3, d_state=4, directions=2, seed=0):
