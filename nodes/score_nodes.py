@@ -7,13 +7,13 @@ import itertools
 import torch
 
 from ..stylemamba.checkpoint import StyleMamba
-from ..stylemamba.encoders import ImageEncoder, load_image_encoder
 from ..stylemamba.mixing import StyleMix
 from ..stylemamba.style import StyleEmbedding
 from ..stylemamba.stylize import stylize_latents
 from ..stylemamba.training.score import Score, check_strengths, pick_strength, report, score_images, strength_grid, sweep_strengths
 from . import comfy_bridge
 from .image_sockets import channels_first
+from .style_encoders import ManagedImageEncoder, image_encoder_for
 from .widgets import CATEGORY, parse_numbers
 
 #: What StyleScore's best_strength gives when no sweep runs: StyleFuse's default.
@@ -58,19 +58,20 @@ class StyleScore:
                     "default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01,
                     "tooltip": "The sweep picks the most style-like strength whose content SSIM is at least this.",
                 }),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "The CLIP_VISION the style was encoded with, when it came "
+                                                "from one (styles of a SigLIP model need none)."}),
             },
         }
 
     def score(
         self, content: torch.Tensor, styled: torch.Tensor, style: StyleEmbedding | StyleMix,
         style_mamba: StyleMamba | None = None, vae=None, latent: dict | None = None,
-        strengths: str = "0.5, 1.0, 1.5", min_content_ssim: float = 0.5,
+        strengths: str = "0.5, 1.0, 1.5", min_content_ssim: float = 0.5, clip_vision=None,
     ) -> dict:
         content_images = channels_first(content, "StyleScore: content")
         styled_images = channels_first(styled, "StyleScore: styled")
-        encoder = load_image_encoder(comfy_bridge.resolve_encoder(style.encoder))
-        comfy_bridge.load_model(encoder, encoder.model, "text encoder")
-        measured = score_images(encoder, styled_images, content_images, style)
+        encoder = image_encoder_for(style.encoder, clip_vision, "StyleScore: the style")
+        measured = score_images(encoder.ready(), styled_images, content_images, style)
         line, preview, best = report(measured, style.description), styled[..., :3], DEFAULT_STRENGTH
         given = {name: value for name, value in zip(SWEEP_INPUTS, (style_mamba, vae, latent)) if value is not None}
         if given:
@@ -85,7 +86,7 @@ class StyleScore:
 
     @staticmethod
     def sweep(
-        encoder: ImageEncoder, style_mamba: StyleMamba, vae, latent: dict, style: StyleEmbedding | StyleMix,
+        encoder: ManagedImageEncoder, style_mamba: StyleMamba, vae, latent: dict, style: StyleEmbedding | StyleMix,
         content: torch.Tensor, measured: Score, strengths: str, min_content_ssim: float,
     ) -> tuple[Score, bool, torch.Tensor]:
         """StyleFuse + VAEDecode at each strength; the picked score, whether it kept enough content, and the grid IMAGE."""
@@ -102,8 +103,7 @@ class StyleScore:
             return vae.decode(fused).movedim(-1, 1)[:, :3].float().cpu()
 
         def judge(images: torch.Tensor, strength: float) -> Score:
-            comfy_bridge.load_model(encoder, encoder.model, "text encoder")
-            result = score_images(encoder, images, content, style, content_style=measured.content_style, strength=strength)
+            result = score_images(encoder.ready(), images, content, style, content_style=measured.content_style, strength=strength)
             progress(next(done), len(values))
             return result
 

@@ -8,12 +8,14 @@ from typing import Any
 import torch
 
 from ..stylemamba.checkpoint import StyleMamba
-from ..stylemamba.encoders import load_image_encoder, load_text_encoder
+from ..stylemamba.encoders import load_text_encoder
 from ..stylemamba.image_style import encode_reference_style, image_embedding
 from ..stylemamba import mixing
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding
+from ..stylemamba.tower_identity import describe_encoder
 from . import comfy_bridge
 from .image_sockets import channels_first
+from .style_encoders import image_encoder_for
 from .widgets import CATEGORY, parse_numbers
 
 #: StyleMix's style slots.
@@ -38,7 +40,9 @@ class ImageStyleEncode:
     DESCRIPTION = (
         "Encodes reference image(s) with the model's SigLIP image tower into a STYLE_EMBED, the same kind and space "
         "as Text Style Encode's. A batch of references is one style: their embeddings are averaged with the optional "
-        "weights. Any size is resized and an alpha channel is put on white, as SigLIP's own preprocessing does."
+        "weights. Any size is resized and an alpha channel is put on white, as SigLIP's own preprocessing does. "
+        "For a model made from a CLIP_VISION, connect that CLIP_VISION (and content: such a tower has no text for the "
+        "direction's start)."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STYLE_EMBED",)
@@ -60,19 +64,27 @@ class ImageStyleEncode:
                 }),
                 "content": ("IMAGE", {"tooltip": "The content image(s): the style's direction starts from them. "
                                                  "Without it, from the model's source text (e.g. 'a photo')."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "The model's CLIP_VISION, when it was made from one "
+                                                "(Load StyleMamba or Train StyleMamba with a CLIP_VISION)."}),
             },
         }
 
     def encode(
-        self, style_mamba: StyleMamba, images: torch.Tensor, weights: str = "", content: torch.Tensor | None = None
+        self, style_mamba: StyleMamba, images: torch.Tensor, weights: str = "", content: torch.Tensor | None = None,
+        clip_vision=None,
     ) -> tuple[StyleEmbedding]:
         references = channels_first(images, "ImageStyleEncode: images")
         shares = parse_numbers(weights, "ImageStyleEncode: weights", count=references.shape[0])
-        resolved = comfy_bridge.resolve_encoder(style_mamba.text_encoder)
-        encoder = load_image_encoder(resolved)
-        comfy_bridge.load_model(encoder, encoder.model, "text encoder")
+        managed = image_encoder_for(style_mamba.text_encoder, clip_vision, "ImageStyleEncode: the StyleMamba model")
+        encoder = managed.ready()
+        resolved = encoder.name
         if content is not None:
             source = image_embedding(encoder, [channels_first(content, "ImageStyleEncode: content")])
+        elif clip_vision is not None:
+            raise ValueError(
+                "ImageStyleEncode: a CLIP_VISION has no text tower to start the style's direction from 'a photo': "
+                "connect the content image(s) to content"
+            )
         else:
             text_encoder = load_text_encoder(resolved)
             device = comfy_bridge.load_model(text_encoder, text_encoder.model, "text encoder")
@@ -81,7 +93,7 @@ class ImageStyleEncode:
         style = encode_reference_style(encoder, [references], source, shares)
         if style.target.shape[-1] != style_mamba.config.style_dim:
             raise ValueError(
-                f"ImageStyleEncode: SigLIP {resolved!r} gives {style.target.shape[-1]}-d image embeddings but this StyleMamba "
+                f"ImageStyleEncode: {describe_encoder(resolved)} gives {style.target.shape[-1]}-d image embeddings but this StyleMamba "
                 f"model takes {style_mamba.config.style_dim}-d styles; load the model with the SigLIP it was trained with"
             )
         return (style,)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ..stylemamba.checkpoint import StyleMamba, load_checkpoint, new_style_mamba
-from ..stylemamba.config import DEFAULT_TEXT_ENCODER, config_for_encoder
+from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig, config_for_encoder
 from ..stylemamba.encoders import load_text_encoder
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylemamba.stylize import TEMPORAL_MODES, stylize_latents
+from ..stylemamba.tower_identity import describe_encoder, is_clip_vision
+from ..stylemamba.vision_towers import check_same_tower, tower_identity
 from . import comfy_bridge
 from .widgets import CATEGORY
 
@@ -18,7 +20,9 @@ class LoadStyleMamba:
     DESCRIPTION = (
         "Loads a StyleMamba style fusion model from models/stylemamba, or makes a new untrained one "
         "(which changes nothing until trained) for a given latent channel count, sized to the chosen SigLIP. "
-        "A text_encoder other than 'from checkpoint' is the only SigLIP whose styles StyleFuse then accepts."
+        "A text_encoder other than 'from checkpoint' is the only SigLIP whose styles StyleFuse then accepts. "
+        "With a CLIP_VISION connected (e.g. the IP-Adapter's or Redux's), a new model is sized to that tower instead and "
+        "takes image styles from it, and a checkpoint must have been made with that very CLIP_VISION."
     )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STYLE_MAMBA",)
@@ -41,10 +45,15 @@ class LoadStyleMamba:
                     "default": 4, "min": 1, "max": 256,
                     "tooltip": "Only for a new model: 4 for SD1.5/SDXL, 16 for SD3/Flux.1, 32 for Flux.2 latents.",
                 }),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Optional: the vision tower (CLIP ViT-L/H/bigG, SigLIP so400m) "
+                                "whose image styles the model reads, instead of a SigLIP folder; text_encoder is then ignored "
+                                "for a new model and must be 'from checkpoint' for a checkpoint."}),
             },
         }
 
-    def load(self, checkpoint: str, text_encoder: str, latent_channels: int = 4) -> tuple[StyleMamba]:
+    def load(self, checkpoint: str, text_encoder: str, latent_channels: int = 4, clip_vision=None) -> tuple[StyleMamba]:
+        if clip_vision is not None:
+            return (self.load_for_clip_vision(checkpoint, text_encoder, latent_channels, clip_vision),)
         if checkpoint == NEW_MODEL:
             encoder = DEFAULT_TEXT_ENCODER if text_encoder == FROM_CHECKPOINT else text_encoder
             config = config_for_encoder(comfy_bridge.resolve_encoder(encoder), latent_channels)
@@ -53,6 +62,21 @@ class LoadStyleMamba:
         if text_encoder != FROM_CHECKPOINT:
             style_mamba.text_encoder = text_encoder  # StyleFuse then accepts styles from this encoder only
         return (style_mamba,)
+
+    @staticmethod
+    def load_for_clip_vision(checkpoint: str, text_encoder: str, latent_channels: int, clip_vision) -> StyleMamba:
+        """A new model sized to the CLIP_VISION's style embedding, or a checkpoint made with that same tower."""
+        tower = tower_identity(clip_vision)
+        if checkpoint == NEW_MODEL:
+            return new_style_mamba(StyleMambaConfig(latent_channels=latent_channels, style_dim=tower.width), text_encoder=tower.encoder_id)
+        if text_encoder != FROM_CHECKPOINT:
+            raise ValueError(
+                f"LoadStyleMamba: text_encoder {text_encoder!r} and a CLIP_VISION both name the encoder; set text_encoder "
+                "to 'from checkpoint' or disconnect clip_vision"
+            )
+        style_mamba = load_checkpoint(comfy_bridge.model_file_path("stylemamba", checkpoint), device=comfy_bridge.offload_device())
+        check_same_tower(style_mamba.text_encoder, clip_vision, f"LoadStyleMamba: {checkpoint}")
+        return style_mamba
 
 
 class TextStyleEncode:
@@ -78,6 +102,11 @@ class TextStyleEncode:
     def encode(self, style_mamba: StyleMamba, text: str, source_text: str = DEFAULT_SOURCE_TEXT) -> tuple[StyleEmbedding]:
         if not text.strip():
             raise ValueError("TextStyleEncode: the style text is empty; describe a style such as 'a watercolor painting'")
+        if is_clip_vision(style_mamba.text_encoder):
+            raise ValueError(
+                f"TextStyleEncode: this model reads image styles from {describe_encoder(style_mamba.text_encoder)}, which has "
+                "no text tower; encode reference pictures with Image Style Encode (and its CLIP_VISION), or use a SigLIP model for text"
+            )
         encoder = load_text_encoder(comfy_bridge.resolve_encoder(style_mamba.text_encoder))
         comfy_bridge.load_model(encoder, encoder.model, "text encoder")
         return (encode_text_style(encoder, text, source_text),)

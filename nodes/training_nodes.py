@@ -16,17 +16,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..stylemamba.checkpoint import StyleMamba, save_checkpoint
-from ..stylemamba.config import DEFAULT_TEXT_ENCODER
-from ..stylemamba.encoders import load_image_encoder, load_text_encoder
+from ..stylemamba.checkpoint import StyleMamba, new_style_mamba, save_checkpoint
+from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
+from ..stylemamba.encoders import ImageEncoder, load_image_encoder, load_text_encoder
 from ..stylemamba.images import fit_resolution, to_pil
 from ..stylemamba.training.fit import DEFAULT_FIT_RESOLUTION, FitResult, FitSettings, fit_model, fit_weights
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylemamba.training.reference_styles import fit_target_style
 from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19
+from ..stylemamba.vision_towers import check_same_tower, tower_identity
 from . import comfy_bridge
 from .image_sockets import channels_first, rgb_batch
+from .style_encoders import differentiable, image_encoder_for
 from .widgets import CATEGORY
 
 FULL_VAE = "full VAE"
@@ -125,6 +127,8 @@ class TrainStyleMamba:
                 "patch_crops": ("INT", {"default": 64, "min": 1, "max": 512, "tooltip": "With patch_loss: random crops per image and step (64 is CLIPstyler's)."}),
                 "patch_crop_resolution": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 16, "tooltip": "With patch_loss: the size crops are encoded at; 0 = the encoder's input size (224 for SigLIP-base, as CLIPstyler's CLIP). Smaller is cheaper."}),
                 "keep_weights": (list(KEEP_WEIGHTS), {"default": "best on a fixed evaluation", "tooltip": "Which weights to return: the lowest loss on one fixed draw of masks, crops and frame window, evaluated after every update; or the last update's (skips that evaluation)."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Fit an image style through this vision tower (the IP-Adapter's "
+                                "or Redux's CLIP_VISION) instead of SigLIP: needs style_images and an empty style_text."}),
             },
         }
 
@@ -133,8 +137,10 @@ class TrainStyleMamba:
         seed: int, training_decoder: str, max_resolution: int, style_mamba: StyleMamba | None = None,
         text_encoder: str = FROM_MODEL, style_images: torch.Tensor | None = None, style_statistics_weight: float = 0.0,
         vgg_weights: str = NO_VGG, video: bool = False, patch_loss: bool = False, patch_crops: int = 64,
-        patch_crop_resolution: int = 0, keep_weights: str = "best on a fixed evaluation",
+        patch_crop_resolution: int = 0, keep_weights: str = "best on a fixed evaluation", clip_vision=None,
     ) -> dict:
+        if clip_vision is not None:
+            style_mamba = clip_vision_start(clip_vision, style_mamba, style_text, style_images, text_encoder, vae.latent_channels, seed)
         if not style_text.strip() and style_images is None:
             raise ValueError(
                 "TrainStyleMamba: the style text is empty and no style_images are connected; describe a style such as "
@@ -160,6 +166,7 @@ class TrainStyleMamba:
                 vgg = load_vgg19(comfy_bridge.model_file_path("vgg", vgg_weights), device) if style_statistics_weight > 0 else None
                 result = self._fit(
                     vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device, references, vgg,
+                    clip_vision,
                 )
             finally:
                 comfy_bridge.free_memory()
@@ -187,18 +194,17 @@ class TrainStyleMamba:
 
     def _fit(
         self, vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device, references, vgg,
+        clip_vision=None,
     ) -> FitResult:
         resolved = comfy_bridge.resolve_encoder(encoder_name)
         text_style = None
-        if style_text.strip():
+        if style_text.strip():  # never with a CLIP_VISION: clip_vision_start refused that
             text_encoder = load_text_encoder(resolved)
             comfy_bridge.load_model(text_encoder, text_encoder.model, "text encoder")
             text_style = encode_text_style(text_encoder, style_text, source_text)
             text_style = StyleEmbedding(text_style.target.clone(), text_style.source.clone(), text_style.description, text_style.encoder)
-        cached = load_image_encoder(resolved)
-        image_encoder = dataclasses.replace(cached, model=trainable(cached.model))
+        image_encoder = self._image_encoder(encoder_name, resolved, clip_vision)
         content = rgb_batch(images, "TrainStyleMamba: images")
-        comfy_bridge.load_model(image_encoder, image_encoder.model, "differentiable encoder")
         style = fit_target_style(text_style, image_encoder, references, content)
         ratio = getattr(vae, "downscale_ratio", 8)
         codec = ComfyVAECodec(vae, device)
@@ -227,6 +233,43 @@ class TrainStyleMamba:
         result.style_mamba.model.to(comfy_bridge.offload_device())
         result.style_mamba.source = f"TrainStyleMamba: {style.description}"
         return result
+
+
+    @staticmethod
+    def _image_encoder(encoder_name: str, resolved: str, clip_vision) -> ImageEncoder:
+        """The encoder the fit backpropagates through: a copy of the CLIP_VISION's tower, or the SigLIP image tower."""
+        if clip_vision is not None:
+            return differentiable(image_encoder_for(encoder_name, clip_vision, "TrainStyleMamba: style_mamba"))
+        cached = load_image_encoder(resolved)
+        image_encoder = dataclasses.replace(cached, model=trainable(cached.model))
+        comfy_bridge.load_model(image_encoder, image_encoder.model, "differentiable encoder")
+        return image_encoder
+
+
+def clip_vision_start(
+    clip_vision, style_mamba: StyleMamba | None, style_text: str, style_images: torch.Tensor | None, text_encoder: str,
+    latent_channels: int, seed: int,
+) -> StyleMamba:
+    """The model a CLIP_VISION fit starts from: ``style_mamba`` when it was made with this tower, else a new one sized to it.
+
+    A CLIP_VISION has no text tower, so the style comes from the style images alone.
+    """
+    if style_images is None or style_text.strip():
+        raise ValueError(
+            "TrainStyleMamba: a CLIP_VISION encodes pictures only: connect style_images and clear style_text "
+            "(text styles need a SigLIP text_encoder, with clip_vision disconnected)"
+        )
+    if text_encoder != FROM_MODEL:
+        raise ValueError(
+            f"TrainStyleMamba: text_encoder {text_encoder!r} and clip_vision both name the encoder; set text_encoder to "
+            f"{FROM_MODEL!r} or disconnect clip_vision"
+        )
+    if style_mamba is not None:
+        check_same_tower(style_mamba.text_encoder, clip_vision, "TrainStyleMamba: the style_mamba to start from")
+        return style_mamba
+    tower = tower_identity(clip_vision)
+    config = StyleMambaConfig(latent_channels=latent_channels, style_dim=tower.width)
+    return new_style_mamba(config, text_encoder=tower.encoder_id, seed=seed)
 
 
 def save_new_checkpoint(style_mamba: StyleMamba, filename_prefix: str) -> Path:

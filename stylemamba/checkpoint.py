@@ -1,7 +1,9 @@
 """StyleMamba checkpoints: safetensors + metadata, validated on load, written atomically.
 
 Metadata (all strings, as safetensors requires): format, format_version, config (JSON),
-latent_channels, style_dim, text_encoder, training (JSON: prompts and settings).
+latent_channels, style_dim, text_encoder, training (JSON: prompts and settings), and the encoder's
+encoder_family, encoder_width and (for a CLIP_VISION tower) encoder_fingerprint. Files written before those
+three keys existed load unchanged; where they are present they must agree with text_encoder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .atomic import write_atomically
 from .config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
 from .model import StyleFusionModel
 from .state_dicts import state_dict_problems
+from .tower_identity import TowerIdentity
 
 FORMAT = "stylemamba"
 FORMAT_VERSION = 2
@@ -64,7 +67,16 @@ def checkpoint_metadata(style_mamba: StyleMamba) -> dict[str, str]:
         "style_dim": str(config.style_dim),
         "text_encoder": style_mamba.text_encoder,
         "training": json.dumps(style_mamba.training, sort_keys=True, default=str),
+        **encoder_metadata(style_mamba.text_encoder, config.style_dim),
     }
+
+
+def encoder_metadata(encoder_id: str, width: int) -> dict[str, str]:
+    """Family, width and fingerprint of the encoder: a CLIP_VISION id's parts, or family "siglip" for a SigLIP id."""
+    tower = TowerIdentity.parse(encoder_id)
+    if tower is None:
+        return {"encoder_family": "siglip", "encoder_width": str(width)}
+    return {"encoder_family": tower.family, "encoder_width": str(tower.width), "encoder_fingerprint": tower.fingerprint}
 
 
 def save_checkpoint(style_mamba: StyleMamba, path: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -122,6 +134,15 @@ def parse_metadata(metadata: dict[str, str], name: str) -> tuple[StyleMambaConfi
     text_encoder = metadata.get("text_encoder")
     if not text_encoder:
         raise CheckpointError(f"{name}: metadata does not name the text encoder it was trained with")
+    try:
+        recorded = encoder_metadata(text_encoder, config.style_dim)
+    except ValueError as error:
+        raise CheckpointError(f"{name}: {error}") from None
+    for key, value in recorded.items():
+        if key in metadata and metadata[key] != value:
+            raise CheckpointError(f"{name}: metadata {key}={metadata[key]!r} disagrees with its encoder {text_encoder!r} ({value!r})")
+    if recorded["encoder_width"] != str(config.style_dim):
+        raise CheckpointError(f"{name}: encoder {text_encoder!r} gives {recorded['encoder_width']}-d styles but the model takes {config.style_dim}-d")
     return config, text_encoder, training
 
 

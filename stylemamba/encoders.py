@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..errors import PackError
 from .images import resize
 from .pretrained import pretrained_source, quiet_loading
+from .tower_identity import is_clip_vision
 
 #: Files a SigLIP folder needs; quoted in the error when a model cannot be found.
 REQUIRED_FILES = "config.json, model.safetensors (or pytorch_model.bin), tokenizer_config.json, spiece.model / tokenizer.json"

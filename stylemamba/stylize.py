@@ -14,6 +14,7 @@ import torch
 
 from .checkpoint import StyleMamba
 from .encoders import encoder_identity
+from .tower_identity import describe_encoder
 from .masks import latent_mask
 from .mixing import StyleMix, fusion_inputs
 from .model import ModelInputError
@@ -67,9 +68,10 @@ def check_style_encoder(style_mamba: StyleMamba, style: StyleEmbedding | StyleMi
     width, expected = style.target.shape[-1], style_mamba.config.style_dim
     if encoder_identity(style.encoder, width) != encoder_identity(style_mamba.text_encoder, expected):
         raise ModelInputError(
-            f"the style was encoded with SigLIP {style.encoder!r} ({width}-d) but this StyleMamba model reads styles "
-            f"from {style_mamba.text_encoder!r} ({expected}-d): encode the style with the model's own text encoder "
-            "(TextStyleEncode fed by this STYLE_MAMBA, or the command's --text-encoder)"
+            f"the style was encoded with {describe_encoder(style.encoder)} ({width}-d) but this StyleMamba model reads "
+            f"styles from {describe_encoder(style_mamba.text_encoder)} ({expected}-d): encode the style with the model's "
+            "own encoder (Text/ImageStyleEncode fed by this STYLE_MAMBA and, for a CLIP_VISION model, its CLIP_VISION; "
+            "or the command's --text-encoder)"
         )
 
 

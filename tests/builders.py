@@ -104,3 +104,62 @@ def pan_zoom_flow(frames: int, height: int, width: int, zoom: float = 0.35) -> t
     source = torch.nn.functional.affine_grid(torch.eye(2, 3).expand(frames - 1, -1, -1), (frames - 1, 1, height, width),
                                              align_corners=False)
     return ((target - source) * torch.tensor([width / 2, height / 2])).permute(0, 3, 1, 2)
+
+
+class ResidualInPlaceLayer(torch.nn.Module):
+    """A pre-norm transformer layer with ComfyUI's ``CLIPLayer`` attribute names and its in-place residual adds."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.layer_norm1, self.layer_norm2 = torch.nn.LayerNorm(hidden), torch.nn.LayerNorm(hidden)
+        self.attention = torch.nn.MultiheadAttention(hidden, 2, batch_first=True)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(hidden, 2 * hidden), torch.nn.GELU(), torch.nn.Linear(2 * hidden, hidden))
+
+    def self_attn(self, x: torch.Tensor, mask=None, optimized_attention=None) -> torch.Tensor:
+        return self.attention(x, x, x, need_weights=False)[0]
+
+    def forward(self, x: torch.Tensor, mask=None, optimized_attention=None) -> torch.Tensor:
+        x += self.self_attn(self.layer_norm1(x), mask, optimized_attention)
+        x += self.mlp(self.layer_norm2(x))
+        return x
+
+
+class TinyVisionTower(torch.nn.Module):
+    """A few-layer ViT laid out as ComfyUI's ``CLIPVisionModelProjection``: ``vision_model.encoder.layers``,
+    ``vision_model.post_layernorm``, a ``visual_projection`` (CLIP) or none (SigLIP), and its output tuple
+    (tokens, intermediate, image embeds, mm projection). CLIP's embeds are the projected class token; SigLIP's are
+    all post-norm tokens, as ComfyUI returns them. The tier tests check the real one."""
+
+    def __init__(self, hidden: int = 24, layers: int = 2, image_size: int = 32, patch: int = 8,
+                 projection: int | None = 16, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.siglip = projection is None
+        self.vision_model = torch.nn.Module()
+        self.vision_model.patch = torch.nn.Conv2d(3, hidden, patch, stride=patch)
+        self.vision_model.position = torch.nn.Parameter(torch.randn((image_size // patch) ** 2 + (0 if self.siglip else 1), hidden) * 0.1)
+        self.vision_model.class_embedding = None if self.siglip else torch.nn.Parameter(torch.randn(hidden) * 0.1)
+        self.vision_model.encoder = torch.nn.Module()
+        self.vision_model.encoder.layers = torch.nn.ModuleList(ResidualInPlaceLayer(hidden) for _ in range(layers))
+        self.vision_model.post_layernorm = torch.nn.LayerNorm(hidden)
+        self.visual_projection = (lambda x: x) if self.siglip else torch.nn.Linear(hidden, projection, bias=False)
+
+    def forward(self, pixel_values: torch.Tensor, intermediate_output=None):
+        vision = self.vision_model
+        x = vision.patch(pixel_values).flatten(2).transpose(1, 2)
+        if vision.class_embedding is not None:
+            x = torch.cat([vision.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+        x = x + vision.position
+        for layer in vision.encoder.layers:
+            x = layer(x, None, None)
+        pooled = vision.post_layernorm(x) if self.siglip else vision.post_layernorm(x[:, 0])
+        return x, None, self.visual_projection(pooled), None
+
+
+class FakeClipVision:
+    """What the pack reads of ``comfy.clip_vision.ClipVisionModel``: ``model``, its input size, mean, std, ``patcher``."""
+
+    def __init__(self, model: TinyVisionTower, image_size: int = 32, mean=(0.48145466, 0.4578275, 0.40821073),
+                 std=(0.26862954, 0.26130258, 0.27577711)) -> None:
+        self.model, self.image_size, self.image_mean, self.image_std = model.eval(), image_size, list(mean), list(std)
+        self.patcher = None

@@ -27,6 +27,7 @@ CORE_NODES: dict[str, tuple[dict[str, str], tuple[str, ...]]] = {
     ),
     "Canny": ({"image": "IMAGE"}, ("IMAGE",)),
     "ImageScale": ({"image": "IMAGE"}, ("IMAGE",)),
+    "ImageQuantize": ({"image": "IMAGE"}, ("IMAGE",)),  # comfy_extras/nodes_post_processing.py
     "LoraLoader": ({"model": "MODEL", "clip": "CLIP"}, ("MODEL", "CLIP")),
     # Flux: nodes.py loaders and comfy_extras/nodes_flux.py, nodes_sd3.py
     "UNETLoader": ({}, ("MODEL",)),

@@ -80,7 +80,7 @@ def test_style_fuse_refuses_a_style_from_another_encoder_until_the_loader_names_
     assert style.encoder == str(other)
     latent = {"samples": torch.randn(1, 4, 6, 6)}
     (trained,) = LoadStyleMamba().load("ink.safetensors", "from checkpoint")
-    with pytest.raises(ValueError, match=f"encoded with SigLIP '{other}' .32-d. but this StyleMamba model reads styles from '{tiny_siglip}'"):
+    with pytest.raises(ValueError, match=f"encoded with SigLIP '{other}' .32-d. but this StyleMamba model reads styles from SigLIP '{tiny_siglip}'"):
         StyleFuse().fuse(trained, latent, style, 1.0)
     (overridden,) = LoadStyleMamba().load("ink.safetensors", "other-siglip")
     assert StyleFuse().fuse(overridden, latent, style, 1.0)[0]["samples"].shape == (1, 4, 6, 6)

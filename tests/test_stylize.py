@@ -92,7 +92,7 @@ def test_non_finite_latents_and_masks_are_refused(style_mamba, style, bad):
 
 def test_a_style_from_another_encoder_of_the_same_width_is_refused(style_mamba, style):
     foreign = StyleEmbedding(style.target, style.source, "test", encoder="/models/siglip/other-siglip")
-    with pytest.raises(ValueError, match="encoded with SigLIP '/models/siglip/other-siglip' .8-d. but this StyleMamba model reads styles from 'tiny' .8-d."):
+    with pytest.raises(ValueError, match="encoded with SigLIP '/models/siglip/other-siglip' .8-d. but this StyleMamba model reads styles from SigLIP 'tiny' .8-d."):
         stylize_latents(style_mamba, torch.randn(1, 4, 4, 4), foreign)
     style_mamba.text_encoder = "other-siglip"  # what LoadStyleMamba's text_encoder override does
     assert stylize_latents(style_mamba, torch.randn(1, 4, 4, 4), foreign).shape == (1, 4, 4, 4)
@@ -103,5 +103,5 @@ def test_hub_id_and_its_local_folder_name_the_same_encoder(style):
     local = StyleEmbedding(style.target, style.source, "test", encoder="/ComfyUI/models/siglip/SigLIP-base-patch16-224/")
     assert stylize_latents(hub, torch.zeros(1, 4, 4, 4), local, strength=0.0).shape == (1, 4, 4, 4)
     wider = StyleEmbedding(torch.randn(1, 16), torch.randn(1, 16), "test", encoder="google/siglip-base-patch16-224")
-    with pytest.raises(ValueError, match="'google/siglip-base-patch16-224' .16-d. but this StyleMamba model reads styles from 'google/siglip-base-patch16-224' .8-d."):
+    with pytest.raises(ValueError, match="'google/siglip-base-patch16-224' .16-d. but this StyleMamba model reads styles from SigLIP 'google/siglip-base-patch16-224' .8-d."):
         stylize_latents(hub, torch.zeros(1, 4, 4, 4), wider)

@@ -95,3 +95,12 @@ def test_widget_values_fit_our_nodes(path):
                 assert isinstance(value, bool)
             elif spec[0] == "STRING":
                 assert isinstance(value, str)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.name for p in WORKFLOWS])
+def test_every_template_has_a_thumbnail_for_the_template_browser(path):
+    """The frontend shows /api/workflow_templates/<pack>/<name>.jpg beside a custom node pack's template."""
+    from PIL import Image
+
+    with Image.open(path.with_suffix(".jpg")) as thumbnail:
+        assert thumbnail.format == "JPEG" and thumbnail.size == (512, 288)

@@ -35,6 +35,10 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "image_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "4.checkpoint=van_gogh_00001.safetensors"),
     "regional_styles.json": ("2.vae_name=sd_vae_standin.safetensors", "4.checkpoint=van_gogh_00001.safetensors"),
     "train_and_apply_style.json": ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=2", "3.max_resolution=64"),
+    # Twin (TWINS): the CLIP_VISION becomes the test-only StandInCLIPVisionLoader, ComfyUI's own ClipVisionModel at a
+    # 2-layer size (64 crops per fit step through a full-size tower take most of an hour here; those towers are tested
+    # in-process). The rest runs as opened: ComfyUI's example.png, the poster style made in the graph; 2 steps at 64 px.
+    "clip_vision_image_style.json": ("2.vae_name=sd_vae_standin.safetensors", "5.iterations=2", "5.max_resolution=64"),
     # The 5-frame clip is 2 Wan latent frames; chunks of 1 make the temporal state cross a chunk seam.
     "video_style_transfer.json": ("3.vae_name=wan_2.1_vae_standin.safetensors", "7.chunk_frames=1"),
     "stylestudio_sdxl.json": (*SD15_STANDIN, "4.ipadapter_file=csgo_sd15_standin.bin",
@@ -152,6 +156,7 @@ def edited(tmp_path: Path, name: str, change: Callable[[dict], None]) -> Path:
 
 
 FLUX_TEXT_STAND_IN, SD3_TEXT_STAND_IN = "StandInFluxTextEncode", "StandInSD3TextEncode"  # tests/comfyui/standin_nodes
+CLIP_VISION_STAND_IN = "StandInCLIPVisionLoader"
 
 
 def text_stand_in(loader: str, stand_in: str) -> Callable[[dict], None]:
@@ -171,12 +176,21 @@ def text_stand_in(loader: str, stand_in: str) -> Callable[[dict], None]:
     return swap
 
 
+def clip_vision_stand_in(workflow: dict) -> None:
+    """The twin of a CLIP_VISION template: its CLIPVisionLoader becomes the test-only StandInCLIPVisionLoader."""
+    loaders = [n for n in workflow["nodes"] if n["type"] == "CLIPVisionLoader"]
+    assert loaders, "the twin expects a CLIPVisionLoader to replace; update clip_vision_stand_in's use in TWINS"
+    for loader in loaders:
+        loader["type"] = CLIP_VISION_STAND_IN
+
+
 flux_text_stand_in = text_stand_in("DualCLIPLoader", FLUX_TEXT_STAND_IN)
 sd3_text_stand_in = text_stand_in("TripleCLIPLoader", SD3_TEXT_STAND_IN)
 #: Workflows that run as a twin: the saved graph with a part too large for CI swapped (see RECIPES' comments).
 TWINS: dict[str, Callable[[dict], None]] = {"stylestudio_flux_redux.json": flux_text_stand_in,
                                             "stylestudio_flux_ipadapter.json": flux_text_stand_in,
-                                            "stylestudio_sd35_ipadapter.json": sd3_text_stand_in}
+                                            "stylestudio_sd35_ipadapter.json": sd3_text_stand_in,
+                                            "clip_vision_image_style.json": clip_vision_stand_in}
 
 
 def test_pack_imports_without_error(comfy_server) -> None:
@@ -190,7 +204,7 @@ def test_pack_imports_without_error(comfy_server) -> None:
     with urllib.request.urlopen(comfy_server.url + "/object_info", timeout=60) as answer:
         registered = set(json.loads(answer.read()))
     assert set(NODE_CLASS_MAPPINGS) <= registered, sorted(set(NODE_CLASS_MAPPINGS) - registered)
-    for stand_in in (FLUX_TEXT_STAND_IN, SD3_TEXT_STAND_IN):  # test-only, not shipped
+    for stand_in in (FLUX_TEXT_STAND_IN, SD3_TEXT_STAND_IN, CLIP_VISION_STAND_IN):  # test-only, not shipped
         assert stand_in in registered and stand_in not in NODE_CLASS_MAPPINGS
 
 

@@ -95,6 +95,7 @@ WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn
 CLIP, CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = "clip.mp4", 5, (64, 96), 8
 IMAGE_SIDE = 96
 MASK = "boat_mask.png"
+COMFYUI_EXAMPLE = Path("input") / "example.png"  # relative to the ComfyUI root, the probe's working directory
 POOL_SIZE = 1 << 22
 
 
@@ -307,7 +308,10 @@ def write_pictures(folder: Path, photos: Path | None) -> list[str]:
     mask = torch.zeros(height, width, 3, dtype=torch.uint8)
     mask[:, : width // 2, 0] = 255  # LoadImageMask reads the red channel: the left half is white
     Image.fromarray(mask.numpy()).save(folder / MASK)
-    return sorted([*IMAGES, MASK])
+    example = Image.open(COMFYUI_EXAMPLE).convert("RGB")  # every ComfyUI ships it in input/: templates may rely on it
+    example.thumbnail((IMAGE_SIDE, IMAGE_SIDE))
+    example.save(folder / COMFYUI_EXAMPLE.name)
+    return sorted([*IMAGES, MASK, COMFYUI_EXAMPLE.name])
 
 
 def main(base: Path, photos: Path | None) -> dict:

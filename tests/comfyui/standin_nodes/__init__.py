@@ -44,4 +44,40 @@ class StandInSD3TextEncode(StandInFluxTextEncode):
     POOLED_WIDTH = CLIP_L_POOLED + CLIP_G_POOLED
 
 
-NODE_CLASS_MAPPINGS = {"StandInFluxTextEncode": StandInFluxTextEncode, "StandInSD3TextEncode": StandInSD3TextEncode}
+class StandInCLIPVisionLoader:
+    """CLIPVisionLoader reduced in size: ComfyUI's own ``ClipVisionModel`` (its CLIP tower class, preprocessing, patcher and
+    model management) built from a 2-layer, 64-wide ViT config with random weights, for the CLIP_VISION fit template, whose
+    64 patch crops per step through a full-size tower take most of an hour on 2 CPU cores. The full-size towers are tested
+    in-process (test_clip_vision_styles_in_comfyui.py)."""
+
+    CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2, "patch_size": 8,
+              "image_size": 64, "projection_dim": 32, "num_channels": 3, "hidden_act": "quick_gelu", "model_type": "clip_vision_model"}
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load_clip"
+    CATEGORY = "testing"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, dict[str, tuple]]:
+        return {"required": {"clip_name": ("STRING", {})}}
+
+    def load_clip(self, clip_name: str) -> tuple:
+        import json
+        import tempfile
+
+        import comfy.clip_vision
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as config:
+            json.dump(self.CONFIG, config)
+        clip_vision = comfy.clip_vision.ClipVisionModel(config.name)
+        generator = torch.Generator().manual_seed(int.from_bytes(hashlib.sha256(clip_name.encode()).digest()[:4], "little"))
+        state = {name: (torch.ones_like(value) if name.endswith("norm1.weight") or name.endswith("norm2.weight")
+                        or name.endswith("layernorm.weight") or name.endswith("layrnorm.weight")
+                        else torch.randn(value.shape, generator=generator) * 0.05)
+                 for name, value in clip_vision.get_sd().items()}
+        missing, unexpected = clip_vision.load_sd(state)
+        assert not missing and not unexpected, (missing, unexpected)
+        return (clip_vision,)
+
+
+NODE_CLASS_MAPPINGS = {"StandInFluxTextEncode": StandInFluxTextEncode, "StandInSD3TextEncode": StandInSD3TextEncode,
+                       "StandInCLIPVisionLoader": StandInCLIPVisionLoader}
