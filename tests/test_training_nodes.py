@@ -237,7 +237,7 @@ def test_preview_is_comfy_preview_tuple():
 def test_new_widgets_come_last_with_defaults_so_saved_workflows_keep_their_values(comfy_vae, inputs):
     """ComfyUI fills a saved workflow's widget values by position: the patch-loss and keep widgets are appended."""
     spec = TrainStyleMamba.INPUT_TYPES()
-    widgets = [name for name, (kind, *_) in spec["optional"].items() if not (isinstance(kind, str) and kind.isupper())]
+    widgets = [name for name, (kind, *_) in spec["optional"].items() if isinstance(kind, list) or kind in ("INT", "FLOAT", "STRING", "BOOLEAN")]
     assert widgets[-5:] == ["video", "patch_loss", "patch_crops", "patch_crop_resolution", "keep_weights"]
     assert spec["optional"]["clip_vision"][0] == "CLIP_VISION"  # a socket: saved widget values do not count it
     assert set(training_nodes.KEEP_WEIGHTS.values()) == {"best", "last"}
