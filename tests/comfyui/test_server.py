@@ -200,7 +200,9 @@ def test_pack_imports_without_error(comfy_server) -> None:
     pack = str(comfy_server.base / "custom_nodes" / "comfyui-stylemamba")
     import_lines = [line for line in log.splitlines() if line.rstrip().endswith(pack)]
     assert import_lines and not any("IMPORT FAILED" in line for line in import_lines), log[-3000:]
-    assert not [line for line in log.splitlines() if "Cannot import" in line and "comfyui-stylemamba" in line]
+    # ComfyUI names a pack that fails to import by its folder (our link); its own optional modules (audio without
+    # torchaudio) fail too, under a path that also holds "comfyui-stylemamba" when the clone is named so
+    assert not [line for line in log.splitlines() if "Cannot import" in line and pack in line]
     with urllib.request.urlopen(comfy_server.url + "/object_info", timeout=60) as answer:
         registered = set(json.loads(answer.read()))
     assert set(NODE_CLASS_MAPPINGS) <= registered, sorted(set(NODE_CLASS_MAPPINGS) - registered)
