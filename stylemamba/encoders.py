@@ -162,11 +162,14 @@ class ImageEncoder:
         """(b, 3, H, W) in [0, 1] → resized to ``size`` (0: the encoder's own), normalised; keeps the autograd graph."""
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (batch, 3, height, width) in [0, 1], got {tuple(images.shape)}")
-        size = size or self.image_size
-        x = resize(images, (size, size))
+        x = self.fit_to_input(images, size or self.image_size)
         mean = x.new_tensor(self.mean)[:, None, None]
         std = x.new_tensor(self.std)[:, None, None]
         return (x - mean) / std
+
+    def fit_to_input(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        """The images at ``size`` × ``size`` as SigLIP's processor makes them: squashed, not cropped."""
+        return resize(images, (size, size))
 
     def encode(self, images: torch.Tensor, size: int = 0) -> torch.Tensor:
         """Unit-length image embeddings (b, dim), differentiable with respect to ``images``.

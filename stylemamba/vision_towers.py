@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..errors import PackError
 from .encoders import ImageEncoder
+from .images import square
 from .tower_identity import KNOWN_FILES, TowerIdentity, describe_encoder, is_clip_vision
 
 #: (hidden width, layers, input size) of each tower ComfyUI's CLIPVisionLoader detects -> family.
@@ -79,27 +80,20 @@ class ClipVisionImageEncoder(ImageEncoder):
     into the image while the values stay exactly ComfyUI's (CLIPVisionEncode with crop "center").
     """
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (batch, 3, height, width) in [0, 1], got {tuple(images.shape)}")
-        size = self.image_size
-        x = images.float()
-        if tuple(x.shape[-2:]) != (size, size):
-            scale = size / min(x.shape[-2:])
-            scaled = (round(scale * x.shape[-2]), round(scale * x.shape[-1]))
-            x = F.interpolate(x, size=scaled, mode="bicubic", antialias=True)
-            top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-            x = x[..., top:top + size, left:left + size]
-        levels = x.clamp(0, 1) * 255
-        x = (levels + (levels.round() - levels).detach()) / 255  # ComfyUI's rounding, straight-through
-        mean = x.new_tensor(self.mean)[:, None, None]
-        std = x.new_tensor(self.std)[:, None, None]
-        return (x - mean) / std
+    def fit_to_input(self, images: torch.Tensor, size: int) -> torch.Tensor:
+        levels = square(images, size) * 255
+        return (levels + (levels.round() - levels).detach()) / 255  # ComfyUI's rounding, straight-through
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
+    def encode(self, images: torch.Tensor, size: int = 0) -> torch.Tensor:
         """Unit style embeddings (b, dim), differentiable; fp32 pixels as ComfyUI's ``encode_image`` passes them, so
         its ``manual_cast`` layers compute in fp32 whatever dtype the weights are stored in. The images go to the
-        tower, never the tower to the images: ComfyUI's model management decides where a CLIP_VISION lives."""
+        tower, never the tower to the images: ComfyUI's model management decides where a CLIP_VISION lives.
+        ComfyUI's towers have fixed position embeddings: ``size`` must be 0 or the tower's own input size."""
+        if size and size != self.image_size:
+            raise ValueError(
+                f"a CLIP_VISION encodes at its own input size ({self.image_size} px), not {size}: set the patch loss's "
+                "crop resolution (patch_crop_resolution) to 0"
+            )
         device = next(self.model.parameters()).device
         return F.normalize(self.model(pixel_values=self.preprocess(images.to(device))).pooler_output.float(), dim=-1)
 

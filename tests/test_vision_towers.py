@@ -69,6 +69,16 @@ def test_preprocess_is_comfyuis_centre_crop_on_8_bit_levels_and_passes_gradients
         torch.testing.assert_close(differentiable_copy(encoder).encode(images), encoder.encode(images))
 
 
+def test_patch_loss_crops_encode_at_the_towers_own_size_only(clip_vision):
+    """The patch loss calls ``encode(crops, resolution)``; ComfyUI's towers have fixed position embeddings."""
+    encoder = clip_vision_encoder(clip_vision)
+    crops = pictures(2).movedim(-1, 1)
+    torch.testing.assert_close(encoder.encode(crops, 0), encoder.encode(crops))
+    torch.testing.assert_close(encoder.encode(crops, 32), encoder.encode(crops))
+    with pytest.raises(ValueError, match=r"own input size \(32 px\), not 16: set the patch loss's crop resolution"):
+        encoder.encode(crops, 16)
+
+
 def test_identity_names_family_width_and_weights(clip_vision):
     identity = tower_identity(clip_vision)
     assert identity.family == family_of(clip_vision) == "clip-vision-24x2-32px" and identity.width == 16
