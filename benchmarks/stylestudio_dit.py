@@ -94,6 +94,8 @@ def overhead(args: argparse.Namespace) -> None:
 
 def ip_adapter_patcher(args: argparse.Namespace, base):
     """``with_adapter(strength, teacher) -> MODEL``: the IP-Adapter node with an XLabs or InstantX file at this model's widths."""
+    import atexit
+    import shutil
     import tempfile
 
     import comfy_standins as standins
@@ -104,6 +106,7 @@ def ip_adapter_patcher(args: argparse.Namespace, base):
     from comfyui_stylemamba.nodes.stylestudio_dit_ipadapter_nodes import StyleStudioCrossAdaINDiTIPAdapter
 
     folder = Path(tempfile.mkdtemp(prefix="stylestudio_dit_bench_"))
+    atexit.register(shutil.rmtree, folder, True)  # the adapter files are read when patched; gone when the run ends
     folder_paths.add_model_folder_path("ipadapter", str(folder))
     generator, clip_width = torch.Generator().manual_seed(4), standins.CLIP_WIDTH[args.adapter]
     if args.adapter == "xlabs":

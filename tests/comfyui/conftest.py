@@ -42,6 +42,11 @@ STANDIN_NODES_LINK = "stylemamba-test-standins"
 TORCH = ("torch==2.14.1", "torchvision==0.29.1")
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|torchaudio)\s*([<>=!~;\[].*)?$")
 SERVER_START_S = 180
+#: Free disk the tier needs, measured on a fresh clone: ComfyUI's venv 6.3 GB (the CUDA build of torch) and, at once
+#: in the temp folder, the session's stand-ins 4.0 GB plus the CLIP_VISION probe's 1.6 GB. A full disk would otherwise
+#: fail the set-up half way and then every later test that writes a file, far from the cause.
+ENV_DISK_GB = 7.0
+STANDINS_DISK_GB = 6.0
 #: Lines printed at the end of the run (set-up time, workflow wall times, error messages): the numbers a reader wants.
 REPORT: list[str] = []
 
@@ -115,10 +120,30 @@ def link_pack(root: Path) -> None:
         pytest.fail(f"{link} exists and is not this checkout ({REPO}); move it away to run the ComfyUI tier", pytrace=False)
 
 
+def require_free_disk(folder: Path, gigabytes: float, what: str) -> None:
+    """Fail the tier before it fills the disk, naming the folder, what needs the space, and how much is free."""
+    free = shutil.disk_usage(folder).free / 1e9
+    if free < gigabytes:
+        pytest.fail(f"the real-ComfyUI tier needs about {gigabytes:.0f} GB free in {folder} for {what}; "
+                    f"{free:.1f} GB are free", pytrace=False)
+
+
 def build_env(archive: Path, home: Path) -> None:
-    """Unpack ComfyUI into ``home/ComfyUI`` with a venv in ``home/venv``; ``home/ready`` marks it complete."""
+    """Unpack ComfyUI into ``home/ComfyUI`` with a venv in ``home/venv``; ``home/ready`` marks it complete.
+
+    A failed set-up removes what it wrote (up to 6 GB), so the tests after it keep their disk."""
     shutil.rmtree(home, ignore_errors=True)
+    require_free_disk(home.parent, ENV_DISK_GB, "ComfyUI's venv")
     home.mkdir(parents=True)
+    try:
+        install_env(archive, home)
+    except BaseException:
+        shutil.rmtree(home, ignore_errors=True)
+        raise
+
+
+def install_env(archive: Path, home: Path) -> None:
+    """ComfyUI's own requirements with the torch pair that imports here, then the pack's, then the pack itself."""
     with tarfile.open(archive) as tar:
         tar.extractall(home, filter="data")
     root, venv = home / "ComfyUI", home / "venv"  # the archive holds one folder, ComfyUI/
@@ -172,14 +197,17 @@ def comfy_base(comfyui: ComfyEnv, tmp_path_factory) -> Iterator[Path]:
     The models (4.0 GB) are deleted after the session; pytest keeps the rest of its last three temp trees.
     """
     base = tmp_path_factory.mktemp("comfy_base")
+    require_free_disk(base, STANDINS_DISK_GB, "the stand-in models")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_LINK).symlink_to(REPO, target_is_directory=True)
     (base / "custom_nodes" / STANDIN_NODES_LINK).symlink_to(HERE / "standin_nodes", target_is_directory=True)
-    made = comfyui.probe("make_standins.py", str(base), *([str(PHOTOS)] if PHOTOS.is_dir() else []))
-    assert (made["sd15_detected_as"], made["flux_detected_as"], made["sd35_detected_as"]) == ("SD15", "Flux", "SD3"), made
-    REPORT.append(f"stand-in models written in {made['seconds']} s (the Flux set {made['flux_seconds']} s): {made['files']}")
-    yield base
-    shutil.rmtree(base / "models", ignore_errors=True)
+    try:
+        made = comfyui.probe("make_standins.py", str(base), *([str(PHOTOS)] if PHOTOS.is_dir() else []))
+        assert (made["sd15_detected_as"], made["flux_detected_as"], made["sd35_detected_as"]) == ("SD15", "Flux", "SD3"), made
+        REPORT.append(f"stand-in models written in {made['seconds']} s (the Flux set {made['flux_seconds']} s): {made['files']}")
+        yield base
+    finally:
+        shutil.rmtree(base / "models", ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -214,7 +214,12 @@ def refusal(folder: Path) -> dict:
 
 
 def main(families: list[str], fit_families: set[str]) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="clip_vision_styles_"))
+    """Stand-ins of up to 1.6 GB go to a temporary folder that is removed however the probe ends."""
+    with tempfile.TemporaryDirectory(prefix="clip_vision_styles_") as temp:
+        return run_families(Path(temp), families, fit_families)
+
+
+def run_families(base: Path, families: list[str], fit_families: set[str]) -> dict:
     folder_paths.set_output_directory(str(base / "output"))
     for name, default in (("clip_vision", "clip_vision"), ("vae", "vae"), ("stylemamba", "stylemamba")):
         folder_paths.folder_names_and_paths[name] = ([str(base / "models" / default)], folder_paths.supported_pt_extensions)
