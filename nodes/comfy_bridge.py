@@ -48,6 +48,12 @@ def register_model_folders() -> None:
         folder_paths.folder_names_and_paths[name] = (paths, set(known) | extensions)
 
 
+def input_directory() -> Path | None:
+    """ComfyUI's input folder (where LoadImage lists files), or None outside ComfyUI."""
+    folder_paths = _optional("folder_paths")
+    return None if folder_paths is None else Path(folder_paths.get_input_directory())
+
+
 def model_folder_paths(name: str) -> list[str]:
     folder_paths = _optional("folder_paths")
     if folder_paths is None:

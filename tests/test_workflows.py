@@ -104,3 +104,17 @@ def test_every_template_has_a_thumbnail_for_the_template_browser(path):
 
     with Image.open(path.with_suffix(".jpg")) as thumbnail:
         assert thumbnail.format == "JPEG" and thumbnail.size == (512, 288)
+
+
+#: LiteGraph draws a node's title bar above its ``pos``.
+TITLE_BAR = 30
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_no_node_covers_another(path):
+    """A template opens readable: no node (title bar included) lies over another one."""
+    nodes = json.loads(path.read_text())["nodes"]
+    boxes = [(n["id"], n["pos"][0], n["pos"][1] - TITLE_BAR, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1]) for n in nodes]
+    overlapping = [(a[0], b[0]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+                   if a[1] < b[3] and b[1] < a[3] and a[2] < b[4] and b[2] < a[4]]
+    assert overlapping == []

@@ -31,16 +31,21 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 SD15_STANDIN = ("1.ckpt_name=sd15_standin.safetensors", "2.clip_name=clip_vision_vitl_standin.safetensors")
 #: Per workflow: the ``--set`` overrides that load the stand-ins and keep it small on a CPU.
 RECIPES: dict[str, tuple[str, ...]] = {
-    "text_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors",),
-    "image_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "4.checkpoint=van_gogh_00001.safetensors"),
-    "regional_styles.json": ("2.vae_name=sd_vae_standin.safetensors", "4.checkpoint=van_gogh_00001.safetensors"),
+    # The StyleMamba templates fit their styles in the graph on the pack's example pictures: 2 steps at 64 px.
+    "text_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=2", "3.max_resolution=64"),
+    "image_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "4.iterations=2", "4.max_resolution=64"),
+    "regional_styles.json": ("2.vae_name=sd_vae_standin.safetensors", "5.iterations=2", "5.max_resolution=64",
+                             "6.iterations=2", "6.max_resolution=64"),
     "train_and_apply_style.json": ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=2", "3.max_resolution=64"),
     # Twin (TWINS): the CLIP_VISION becomes the test-only StandInCLIPVisionLoader, ComfyUI's own ClipVisionModel at a
     # 2-layer size (64 crops per fit step through a full-size tower take most of an hour here; those towers are tested
     # in-process). The rest runs as opened: ComfyUI's example.png, the poster style made in the graph; 2 steps at 64 px.
     "clip_vision_image_style.json": ("2.vae_name=sd_vae_standin.safetensors", "5.iterations=2", "5.max_resolution=64"),
-    # The 5-frame clip is 2 Wan latent frames; chunks of 1 make the temporal state cross a chunk seam.
-    "video_style_transfer.json": ("3.vae_name=wan_2.1_vae_standin.safetensors", "7.chunk_frames=1"),
+    # The tier's 9-frame 64x96 clip (3 Wan latent frames, the fewest a video fit takes) instead of the example's 17 frames
+    # at 256 px, which a full-size Wan VAE takes minutes to encode and decode on a CPU; chunks of 1 make the temporal
+    # state cross a chunk seam.
+    "video_style_transfer.json": ("1.file=clip.mp4", "3.vae_name=wan_2.1_vae_standin.safetensors", "4.iterations=2",
+                                  "4.max_resolution=64", "7.chunk_frames=1"),
     "stylestudio_sdxl.json": (*SD15_STANDIN, "4.ipadapter_file=csgo_sd15_standin.bin",
                               "7.width=64", "7.height=64", "8.steps=2"),
     "stylestudio_negative_style_controlnet.json": (
@@ -228,15 +233,29 @@ def test_workflow_runs_with_stand_ins(comfy_server, workflow: Path, tmp_path: Pa
     assert not MISSING_WEIGHTS.findall(comfy_server.log_text())
 
 
+#: text_style_transfer.json's Train StyleMamba, which the bad inputs swap for a Load StyleMamba (``load_fitted_model``).
+TRAIN_NODE = 3
+#: The overrides of that fitted variant: the stand-in VAE, and no fit to shrink.
+FITTED_RECIPE = ("2.vae_name=sd_vae_standin.safetensors",)
+
+
+def load_fitted_model(workflow: dict) -> None:
+    """text_style_transfer.json as an artist reuses a fitted style: its Train StyleMamba becomes a Load StyleMamba of the
+    stand-in ``van_gogh_00001`` under the same id, so each bad input costs one fuse, not a fit."""
+    node(workflow, TRAIN_NODE).update(type="LoadStyleMamba", widgets_values=["van_gogh_00001.safetensors", "from checkpoint", 4],
+                                      inputs=[])
+    workflow["links"] = [link for link in workflow["links"] if link[3] != TRAIN_NODE]
+
+
 def sd3_latent(workflow: dict) -> None:
     """VAEEncode -> a 16-channel latent, as an SD3/Flux.1 VAE gives."""
-    node(workflow, 3).update(type="EmptySD3LatentImage", widgets_values=[64, 64, 1], inputs=[])
+    node(workflow, 4).update(type="EmptySD3LatentImage", widgets_values=[64, 64, 1], inputs=[])
 
 
 def nan_latent(workflow: dict) -> None:
     """The encoded latent times NaN (ComfyUI's range check lets NaN through) before StyleFuse."""
     multiply = add_node(workflow, "LatentMultiply", [float("nan")], inputs=("samples",))
-    connect(workflow, 3, 0, multiply, "samples")
+    connect(workflow, 4, 0, multiply, "samples")
     connect(workflow, multiply, 0, 6, "latent")
 
 
@@ -248,7 +267,8 @@ def other_encoder(workflow: dict) -> None:
 
 @dataclass(frozen=True)
 class BadInput:
-    """A broken variant of text_style_transfer.json: the node that must refuse it and words its message must hold."""
+    """A broken variant of a template (by default text_style_transfer.json with a fitted model loaded, see
+    ``load_fitted_model``): the node that must refuse it and words its message must hold."""
 
     name: str
     node_type: str
@@ -267,7 +287,7 @@ BAD_INPUTS = [
     BadInput("across frames on an image latent", "StyleFuse", ("temporal='across frames' needs a video LATENT", "4-D"),
              ('6.temporal="across frames"',)),
     BadInput("not a StyleMamba file", "LoadStyleMamba", ("not_stylemamba.safetensors", "not a StyleMamba checkpoint"),
-             ("4.checkpoint=not_stylemamba.safetensors",)),
+             ("3.checkpoint=not_stylemamba.safetensors",)),
     BadInput("SD1.5 IP-Adapter on Flux", "StyleStudioCrossAdaINDiTIPAdapter", ("IP-Adapter for SD1.5 UNets", "XLabs flux-ip-adapter"),
              ("9.ipadapter_file=ip-adapter_sd15_standin.safetensors",), workflow="stylestudio_flux_ipadapter.json"),
     BadInput("Flux IP-Adapter on SD3.5", "StyleStudioCrossAdaINDiTIPAdapter", ("InstantX's SD3.5-Large IP-Adapter", "Flux only"),
@@ -292,9 +312,10 @@ def foreign_checkpoint(comfy_server) -> Path:
 def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpoint: Path,
                                                    bad: BadInput, tmp_path: Path, tier_report: list[str]) -> None:
     base = bad.workflow
-    changes = [change for change in (TWINS.get(base), bad.change) if change is not None]
+    fitted = base == "text_style_transfer.json"
+    changes = [change for change in (TWINS.get(base), load_fitted_model if fitted else None, bad.change) if change is not None]
     workflow = edited(tmp_path, base, lambda graph: [change(graph) for change in changes]) if changes else REPO / "workflows" / base
-    result = queue(comfy_server, workflow, (*RECIPES[base], *bad.overrides))
+    result = queue(comfy_server, workflow, (*(FITTED_RECIPE if fitted else RECIPES[base]), *bad.overrides))
     assert not result.ok, f"{bad.name} was accepted: {result.line}"
     error = result.error
     shown = f"{error['exception_type']}: {error['exception_message'].strip()}"
@@ -305,9 +326,10 @@ def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpo
     assert all(word.lower() in error["exception_message"].lower() for word in bad.expected), shown
 
 
-def test_missing_checkpoint_is_rejected_naming_the_input_and_the_choices(comfy_server, tier_report: list[str]) -> None:
-    base = "text_style_transfer.json"
-    result = queue(comfy_server, REPO / "workflows" / base, (*RECIPES[base], "4.checkpoint=missing.safetensors"))
+def test_missing_checkpoint_is_rejected_naming_the_input_and_the_choices(comfy_server, tmp_path: Path,
+                                                                          tier_report: list[str]) -> None:
+    workflow = edited(tmp_path, "text_style_transfer.json", load_fitted_model)
+    result = queue(comfy_server, workflow, (*FITTED_RECIPE, "3.checkpoint=missing.safetensors"))
     tier_report.append(f"bad input 'missing checkpoint' -> {result.line[:400]}")
     print(f"missing checkpoint: {result.line[:400]}")
     assert not result.ok and "rejected" in result.line

@@ -92,7 +92,7 @@ IMAGES = {"boat.jpg": "boat.jpg", "tubingen.jpeg": "tubingen.jpeg", "style.png":
 WAN21_VAE = dict(dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
                  temperal_downsample=[False, True, True], dropout=0.0)
 #: The video workflow's clip: 4·1 + 1 frames (one Wan latent frame plus one), 64×96 px, 8 fps.
-CLIP, CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = "clip.mp4", 5, (64, 96), 8
+CLIP, CLIP_FRAMES, CLIP_SIZE, CLIP_FPS = "clip.mp4", 9, (64, 96), 8  # 9 frames: the 3 Wan latent frames a video fit needs
 IMAGE_SIDE = 96
 MASK = "boat_mask.png"
 COMFYUI_EXAMPLE = Path("input") / "example.png"  # relative to the ComfyUI root, the probe's working directory
