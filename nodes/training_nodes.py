@@ -93,6 +93,8 @@ class TrainStyleMamba:
         "Style images (optional) replace the text, or join it: the losses then aim along the content→style image "
         "direction in SigLIP space (with text too, at the equal-weight mix of both), and a VGG-19 style-statistics "
         "loss on them can be switched on with a VGG file from models/vgg. "
+        "With a CLIP_VISION connected the losses work in its space instead of SigLIP's: from style images, or from the "
+        "style text when the CLIP text encoder of the same CLIP model is connected as clip. "
         f"Cancel stops the fit and saves the model so far (the weights keep_weights names) as models/stylemamba/{CANCELLED_PREFIX}_00001.safetensors "
         "(the next free number; the node's text and the log name the file), then the prompt ends as cancelled: "
         "load that file with LoadStyleMamba, or queue the prompt again to run the rest of the graph with it."

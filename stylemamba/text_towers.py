@@ -112,6 +112,6 @@ def _not_one_space(tower: ComfyTextTower, vision: TowerIdentity, pair: ClipPair,
     return (
         f"the CLIP's {tower.attribute} and {vision.describe()} have the shapes of {pair.model} but are not one space: "
         f"zero-shot, {probe.describe()} (text weights {_text_fingerprint(tower)}). Either the text encoder has no "
-        f"projection ({NO_PROJECTION}: ComfyUI leaves it uninitialised) or the two files come from different trainings; "
-        f"pairs that work: {pairs_table()}"
+        f"projection ({NO_PROJECTION}; ComfyUI leaves a missing one uninitialised) or the two files come from different "
+        f"trainings; pairs that work: {pairs_table()}"
     )

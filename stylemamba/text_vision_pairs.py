@@ -46,7 +46,7 @@ PAIRS = (
 )
 #: Held text encoders of a paired shape that lack the projection: ComfyUI drops ``clip_l.transformer.text_projection``
 #: when it saves SD1.5 and SDXL checkpoints, and those releases never had one.
-NO_PROJECTION = "the clip_l of an SD1.5 or SDXL checkpoint (saved without its text projection)"
+NO_PROJECTION = "the clip_l of an SD1.5 or SDXL checkpoint, saved without its text projection"
 #: Vision families artists hold that have no commonly held text partner.
 UNPAIRED_VISION = {
     "vit-l-14-336": "its text tower is not shipped as a ComfyUI text encoder",
