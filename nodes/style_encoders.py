@@ -79,10 +79,10 @@ def text_encoder_for(encoder_id: str, clip_vision: object | None, clip: object |
     one CLIP model with the CLIP_VISION ``encoder_id`` names (connected as ``clip_vision``)."""
     tower = TowerIdentity.parse(encoder_id)
     if tower is None:
-        if clip is not None:
+        if clip is not None or clip_vision is not None:
             raise ClipPairError(
-                f"{what} reads {describe_encoder(encoder_id)}, which has its own text tower: disconnect clip "
-                "(a CLIP pairs with a CLIP_VISION model only)"
+                f"{what} reads {describe_encoder(encoder_id)}, which has its own text tower: disconnect clip and "
+                "clip_vision (they are for a model made from a CLIP_VISION)"
             )
         encoder = load_text_encoder(comfy_bridge.resolve_encoder(encoder_id))
         return ManagedTextEncoder(encoder, ())

@@ -162,9 +162,22 @@ def test_mismatched_inputs_are_refused_naming_what_fits(tiny_siglip):
                            r"clip-vision-24x2-32px .* pairs with tiny-text, from tiny.safetensors"):
             encode(model, "an oil painting", clip_vision=clip_vision, clip=wide)
         siglip_model = StyleMamba(model=trained_like(tiny_config(style_dim=32)), text_encoder=str(tiny_siglip))
-        with pytest.raises(ClipPairError, match=f"reads SigLIP '{re.escape(str(tiny_siglip))}', which has its own text tower: "
-                           "disconnect clip"):
-            encode(siglip_model, "an oil painting", clip=clip)
+        for connected in (dict(clip=clip), dict(clip_vision=clip_vision), dict(clip=clip, clip_vision=clip_vision)):
+            with pytest.raises(ClipPairError, match=f"reads SigLIP '{re.escape(str(tiny_siglip))}', which has its own text "
+                               "tower: disconnect clip and clip_vision"):
+                encode(siglip_model, "an oil painting", **connected)
+
+
+def test_the_partner_is_picked_among_a_clips_text_towers():
+    """SDXL's CLIP holds clip_l and clip_g: the CLIP_VISION's family decides which one encodes."""
+    clip_vision, clip = make_pair(aligned=True)
+    both = FakeClip(clip_l=FakeSDClipModel(TinyTextTower(hidden=8)), clip_g=clip.cond_stage_model.clip_l)
+    both.tokenizer.clip_g = clip.tokenizer.clip_l
+    with torch.inference_mode():
+        (style,) = TextStyleEncode().encode(model_for(clip_vision), "an oil painting", clip_vision=clip_vision, clip=both)
+    expected = F.normalize(text_features(clip, [t.format("an oil painting") for t in STYLE_TEMPLATES]).mean(0, keepdim=True), dim=-1)
+    assert torch.allclose(style.target, expected, atol=1e-6)
+    assert [tower.attribute for tower in text_towers.text_towers(both)] == ["clip_l", "clip_g"]
 
 
 def test_a_text_fit_through_the_pair_aims_along_the_text_direction_in_the_vision_space(tiny_vae):
