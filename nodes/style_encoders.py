@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..stylemamba.text_vision_pairs import ClipPairError, pairs_table
 from ..stylemamba.encoders import ImageEncoder, StyleTextEncoder, load_image_encoder, load_text_encoder
 from ..stylemamba.text_towers import paired_text_encoder
+from ..stylemamba.text_vision_pairs import ClipPairError, pairs_table
 from ..stylemamba.tower_identity import KNOWN_FILES, TowerIdentity, describe_encoder
 from ..stylemamba.vision_towers import check_same_tower, clip_vision_encoder, differentiable_copy, tower_identity
 from . import comfy_bridge

@@ -18,11 +18,11 @@ from tqdm import tqdm
 
 from ..stylemamba.checkpoint import StyleMamba, new_style_mamba, save_checkpoint
 from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
-from ..stylemamba.text_vision_pairs import ClipPairError, pairs_table
 from ..stylemamba.encoders import ImageEncoder, load_image_encoder
 from ..stylemamba.images import fit_resolution, to_pil
 from ..stylemamba.training.fit import DEFAULT_FIT_RESOLUTION, FitResult, FitSettings, fit_model, fit_weights
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
+from ..stylemamba.text_vision_pairs import ClipPairError, pairs_table
 from ..stylemamba.training.reference_styles import fit_target_style
 from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .text_vision_pairs import NO_PROJECTION, ClipPair, ClipPairError, ColourProbe, measure_colours, pair_for_vision, pairs_table, text_family
 from .encoders import ImageEncoder, StyleTextEncoder
+from .text_vision_pairs import (NO_PROJECTION, ClipPair, ClipPairError, ColourProbe, measure_colours, pair_for_vision, pairs_table,
+                                text_family)
 from .tower_identity import TowerIdentity
 from .vision_towers import weights_fingerprint
 

@@ -13,9 +13,9 @@ from comfyui_stylemamba.nodes.stylemamba_nodes import NEW_MODEL, LoadStyleMamba,
 from comfyui_stylemamba.nodes.training_nodes import FULL_VAE, TrainStyleMamba
 from comfyui_stylemamba.stylemamba import text_towers, text_vision_pairs
 from comfyui_stylemamba.stylemamba.checkpoint import StyleMamba
-from comfyui_stylemamba.stylemamba.text_vision_pairs import (PAIRS, REQUIRED_CORRECT, ClipPair, ClipPairError, colour_pictures,
-                                                      colour_prompts, measure_colours, pair_for_vision, text_family)
 from comfyui_stylemamba.stylemamba.encoders import STYLE_TEMPLATES
+from comfyui_stylemamba.stylemamba.text_vision_pairs import (PAIRS, REQUIRED_CORRECT, ClipPair, ClipPairError, colour_pictures,
+                                                             colour_prompts, measure_colours, pair_for_vision, text_family)
 from comfyui_stylemamba.stylemamba.vision_towers import FAMILIES, clip_vision_encoder, family_of, tower_identity
 
 from builders import FakeClip, FakeClipVision, FakeSDClipModel, TinyTextTower, TinyVisionTower, tiny_config, trained_like
