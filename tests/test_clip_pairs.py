@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from comfyui_stylemamba.nodes.score_nodes import StyleScore
+from comfyui_stylemamba.nodes.style_mix_nodes import ImageStyleEncode, StyleMixNode
 from comfyui_stylemamba.nodes.stylemamba_nodes import NEW_MODEL, LoadStyleMamba, StyleFuse, TextStyleEncode
 from comfyui_stylemamba.nodes.training_nodes import FULL_VAE, TrainStyleMamba
 from comfyui_stylemamba.stylemamba import text_towers, text_vision_pairs
@@ -196,3 +198,19 @@ def test_a_text_fit_through_the_pair_aims_along_the_text_direction_in_the_vision
     identity = tower_identity(clip_vision)
     assert fitted.text_encoder == identity.encoder_id and fitted.training["steps_run"] == 1
     assert fitted.training["style"] == "an oil painting" and torch.count_nonzero(fitted.model.head.weight) > 0
+
+
+def test_a_paired_text_style_mixes_with_image_styles_of_its_tower_and_is_scored_through_it():
+    clip_vision, clip = make_pair(aligned=True)
+    model = model_for(clip_vision)
+    pictures = torch.rand(2, 40, 56, 3, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        (text_style,) = TextStyleEncode().encode(model, "an oil painting", clip_vision=clip_vision, clip=clip)
+        (image_style,) = ImageStyleEncode().encode(model, pictures[:1], content=pictures[1:], clip_vision=clip_vision)
+        (mix,) = StyleMixNode().mix(text_style, 1.0, style_2=image_style, weight_2=1.0)
+        model.model = trained_like(model.config)
+        (fused,) = StyleFuse().fuse(model, {"samples": torch.randn(1, 4, 8, 8)}, mix, 1.0)
+        score = StyleScore().score(pictures[1:], pictures[:1], text_style, clip_vision=clip_vision)["result"][0]
+    assert fused["samples"].shape == (1, 4, 8, 8) and torch.isfinite(fused["samples"]).all()
+    expected = F.cosine_similarity(clip_vision_encoder(clip_vision).encode(pictures[:1].movedim(-1, 1)), text_style.target).item()
+    assert score == pytest.approx(expected, abs=1e-5)
