@@ -275,11 +275,13 @@ def interrupt_requested() -> bool:
     return model_management is not None and model_management.processing_interrupted()
 
 
-def load_patcher(patcher: object | None) -> None:
-    """Put a ComfyUI-managed model (e.g. ``vae.patcher``) fully on its device before calling it directly."""
+def load_patcher(*patchers: object | None) -> None:
+    """Put ComfyUI-managed models (e.g. ``vae.patcher``) fully on their device before calling them directly; models
+    used together are loaded in one call, so loading one does not unload another."""
     model_management = _optional("comfy.model_management")
-    if model_management is not None and patcher is not None:
-        model_management.load_models_gpu([patcher], force_full_load=True)
+    given = [patcher for patcher in patchers if patcher is not None]
+    if model_management is not None and given:
+        model_management.load_models_gpu(given, force_full_load=True)
 
 
 def free_memory() -> None:

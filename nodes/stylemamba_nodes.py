@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from ..stylemamba.checkpoint import StyleMamba, load_checkpoint, new_style_mamba
 from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig, config_for_encoder
-from ..stylemamba.encoders import load_text_encoder
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
 from ..stylemamba.stylize import TEMPORAL_MODES, stylize_latents
-from ..stylemamba.tower_identity import describe_encoder, is_clip_vision
 from ..stylemamba.vision_towers import check_same_tower, tower_identity
 from . import comfy_bridge
+from .style_encoders import text_encoder_for
 from .widgets import CATEGORY
 
 NEW_MODEL = "new (untrained)"
@@ -80,11 +79,16 @@ class LoadStyleMamba:
 
 
 class TextStyleEncode:
-    DESCRIPTION = "Encodes a style description with the model's SigLIP text encoder (prompt templates averaged)."
+    DESCRIPTION = (
+        "Encodes a style description with the model's text encoder (prompt templates averaged): its SigLIP text tower, "
+        "or, for a model made from a CLIP_VISION, the CLIP text encoder of the same CLIP model connected as clip "
+        "(e.g. Flux's clip_l with clip_vision_l, an SDXL checkpoint's CLIP with ViT-bigG); a pair that is not one "
+        "CLIP model is refused, naming the pairs that work."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = ("STYLE_EMBED",)
     RETURN_NAMES = ("style",)
-    OUTPUT_TOOLTIPS = ("The style as a SigLIP embedding, plus its direction from the source text.",)
+    OUTPUT_TOOLTIPS = ("The style as an embedding of the model's encoder, plus its direction from the source text.",)
     FUNCTION = "encode"
 
     @classmethod
@@ -96,20 +100,21 @@ class TextStyleEncode:
             },
             "optional": {
                 "source_text": ("STRING", {"default": DEFAULT_SOURCE_TEXT, "tooltip": "What the content images are, e.g. 'a photo'."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "For a model made from a CLIP_VISION: that CLIP_VISION, the image "
+                                "half of the pair (with clip)."}),
+                "clip": ("CLIP", {"tooltip": "For a model made from a CLIP_VISION: the CLIP text encoder of the same CLIP "
+                         "model (clip_l.safetensors for ViT-L/14, an SD2.x checkpoint's for ViT-H, an SDXL checkpoint's "
+                         "or clip_g.safetensors for ViT-bigG). Leave empty for a SigLIP model."}),
             },
         }
 
-    def encode(self, style_mamba: StyleMamba, text: str, source_text: str = DEFAULT_SOURCE_TEXT) -> tuple[StyleEmbedding]:
+    def encode(
+        self, style_mamba: StyleMamba, text: str, source_text: str = DEFAULT_SOURCE_TEXT, clip_vision=None, clip=None,
+    ) -> tuple[StyleEmbedding]:
         if not text.strip():
             raise ValueError("TextStyleEncode: the style text is empty; describe a style such as 'a watercolor painting'")
-        if is_clip_vision(style_mamba.text_encoder):
-            raise ValueError(
-                f"TextStyleEncode: this model reads image styles from {describe_encoder(style_mamba.text_encoder)}, which has "
-                "no text tower; encode reference pictures with Image Style Encode (and its CLIP_VISION), or use a SigLIP model for text"
-            )
-        encoder = load_text_encoder(comfy_bridge.resolve_encoder(style_mamba.text_encoder))
-        comfy_bridge.load_model(encoder, encoder.model, "text encoder")
-        return (encode_text_style(encoder, text, source_text),)
+        managed = text_encoder_for(style_mamba.text_encoder, clip_vision, clip, "TextStyleEncode: this model")
+        return (encode_text_style(managed.ready(), text, source_text),)
 
 
 class StyleFuse:

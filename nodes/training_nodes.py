@@ -18,17 +18,18 @@ from tqdm import tqdm
 
 from ..stylemamba.checkpoint import StyleMamba, new_style_mamba, save_checkpoint
 from ..stylemamba.config import DEFAULT_TEXT_ENCODER, StyleMambaConfig
-from ..stylemamba.encoders import ImageEncoder, load_image_encoder, load_text_encoder
+from ..stylemamba.encoders import ImageEncoder, load_image_encoder
 from ..stylemamba.images import fit_resolution, to_pil
 from ..stylemamba.training.fit import DEFAULT_FIT_RESOLUTION, FitResult, FitSettings, fit_model, fit_weights
 from ..stylemamba.style import DEFAULT_SOURCE_TEXT, StyleEmbedding, encode_text_style
+from ..stylemamba.text_vision_pairs import ClipPairError, pairs_table
 from ..stylemamba.training.reference_styles import fit_target_style
 from ..stylemamba.training.taesd import load_tiny_decoder
 from ..stylemamba.training.vgg import load_vgg19
 from ..stylemamba.vision_towers import check_same_tower, tower_identity
 from . import comfy_bridge
 from .image_sockets import channels_first, rgb_batch
-from .style_encoders import differentiable, image_encoder_for
+from .style_encoders import differentiable, image_encoder_for, text_encoder_for
 from .widgets import CATEGORY
 
 FULL_VAE = "full VAE"
@@ -92,6 +93,8 @@ class TrainStyleMamba:
         "Style images (optional) replace the text, or join it: the losses then aim along the content→style image "
         "direction in SigLIP space (with text too, at the equal-weight mix of both), and a VGG-19 style-statistics "
         "loss on them can be switched on with a VGG file from models/vgg. "
+        "With a CLIP_VISION connected the losses work in its space instead of SigLIP's: from style images, or from the "
+        "style text when the CLIP text encoder of the same CLIP model is connected as clip. "
         f"Cancel stops the fit and saves the model so far (the weights keep_weights names) as models/stylemamba/{CANCELLED_PREFIX}_00001.safetensors "
         "(the next free number; the node's text and the log name the file), then the prompt ends as cancelled: "
         "load that file with LoadStyleMamba, or queue the prompt again to run the rest of the graph with it."
@@ -127,8 +130,12 @@ class TrainStyleMamba:
                 "patch_crops": ("INT", {"default": 64, "min": 1, "max": 512, "tooltip": "With patch_loss: random crops per image and step (64 is CLIPstyler's)."}),
                 "patch_crop_resolution": ("INT", {"default": 0, "min": 0, "max": 1024, "step": 16, "tooltip": "With patch_loss: the size crops are encoded at; 0 = the encoder's input size (224 for SigLIP-base, as CLIPstyler's CLIP). Smaller is cheaper."}),
                 "keep_weights": (list(KEEP_WEIGHTS), {"default": "best on a fixed evaluation", "tooltip": "Which weights to return: the lowest loss on one fixed draw of masks, crops and frame window, evaluated after every update; or the last update's (skips that evaluation)."}),
-                "clip_vision": ("CLIP_VISION", {"tooltip": "Fit an image style through this vision tower (the IP-Adapter's "
-                                "or Redux's CLIP_VISION) instead of SigLIP: needs style_images and an empty style_text."}),
+                "clip_vision": ("CLIP_VISION", {"tooltip": "Fit through this vision tower (the IP-Adapter's "
+                                "or Redux's CLIP_VISION) instead of SigLIP: needs style_images and an empty style_text, "
+                                "unless clip is connected too."}),
+                "clip": ("CLIP", {"tooltip": "With clip_vision: the CLIP text encoder of the same CLIP model (clip_l.safetensors "
+                         "for ViT-L/14, an SD2.x checkpoint's for ViT-H, an SDXL checkpoint's or clip_g.safetensors for "
+                         "ViT-bigG), so style_text is encoded into the CLIP_VISION's space."}),
             },
         }
 
@@ -137,10 +144,16 @@ class TrainStyleMamba:
         seed: int, training_decoder: str, max_resolution: int, style_mamba: StyleMamba | None = None,
         text_encoder: str = FROM_MODEL, style_images: torch.Tensor | None = None, style_statistics_weight: float = 0.0,
         vgg_weights: str = NO_VGG, video: bool = False, patch_loss: bool = False, patch_crops: int = 64,
-        patch_crop_resolution: int = 0, keep_weights: str = "best on a fixed evaluation", clip_vision=None,
+        patch_crop_resolution: int = 0, keep_weights: str = "best on a fixed evaluation", clip_vision=None, clip=None,
     ) -> dict:
+        if clip is not None and clip_vision is None:
+            raise ClipPairError(
+                "TrainStyleMamba: clip is the text half of a CLIP + CLIP_VISION pair: connect the CLIP_VISION of the same "
+                f"CLIP model to clip_vision, or disconnect clip (pairs that work: {pairs_table()})"
+            )
         if clip_vision is not None:
-            style_mamba = clip_vision_start(clip_vision, style_mamba, style_text, style_images, text_encoder, vae.latent_channels, seed)
+            style_mamba = clip_vision_start(
+                clip_vision, style_mamba, style_text, style_images, text_encoder, vae.latent_channels, seed, clip is not None)
         if not style_text.strip() and style_images is None:
             raise ValueError(
                 "TrainStyleMamba: the style text is empty and no style_images are connected; describe a style such as "
@@ -166,7 +179,7 @@ class TrainStyleMamba:
                 vgg = load_vgg19(comfy_bridge.model_file_path("vgg", vgg_weights), device) if style_statistics_weight > 0 else None
                 result = self._fit(
                     vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device, references, vgg,
-                    clip_vision,
+                    clip_vision, clip,
                 )
             finally:
                 comfy_bridge.free_memory()
@@ -194,16 +207,14 @@ class TrainStyleMamba:
 
     def _fit(
         self, vae, images, style_text, source_text, settings, max_resolution, style_mamba, encoder_name, device, references, vgg,
-        clip_vision=None,
+        clip_vision=None, clip=None,
     ) -> FitResult:
-        resolved = comfy_bridge.resolve_encoder(encoder_name)
         text_style = None
-        if style_text.strip():  # never with a CLIP_VISION: clip_vision_start refused that
-            text_encoder = load_text_encoder(resolved)
-            comfy_bridge.load_model(text_encoder, text_encoder.model, "text encoder")
-            text_style = encode_text_style(text_encoder, style_text, source_text)
+        if style_text.strip():  # with a CLIP_VISION only when clip is its pair: clip_vision_start checked that
+            text_encoder = text_encoder_for(encoder_name, clip_vision, clip, "TrainStyleMamba: style_mamba").ready()
+            text_style = encode_text_style(text_encoder, style_text, source_text)  # constants: no gradient through text
             text_style = StyleEmbedding(text_style.target.clone(), text_style.source.clone(), text_style.description, text_style.encoder)
-        image_encoder = self._image_encoder(encoder_name, resolved, clip_vision)
+        image_encoder = self._image_encoder(encoder_name, clip_vision)
         content = rgb_batch(images, "TrainStyleMamba: images")
         style = fit_target_style(text_style, image_encoder, references, content)
         ratio = getattr(vae, "downscale_ratio", 8)
@@ -236,11 +247,11 @@ class TrainStyleMamba:
 
 
     @staticmethod
-    def _image_encoder(encoder_name: str, resolved: str, clip_vision) -> ImageEncoder:
+    def _image_encoder(encoder_name: str, clip_vision) -> ImageEncoder:
         """The encoder the fit backpropagates through: a copy of the CLIP_VISION's tower, or the SigLIP image tower."""
         if clip_vision is not None:
             return differentiable(image_encoder_for(encoder_name, clip_vision, "TrainStyleMamba: style_mamba"))
-        cached = load_image_encoder(resolved)
+        cached = load_image_encoder(comfy_bridge.resolve_encoder(encoder_name))
         image_encoder = dataclasses.replace(cached, model=trainable(cached.model))
         comfy_bridge.load_model(image_encoder, image_encoder.model, "differentiable encoder")
         return image_encoder
@@ -248,16 +259,17 @@ class TrainStyleMamba:
 
 def clip_vision_start(
     clip_vision, style_mamba: StyleMamba | None, style_text: str, style_images: torch.Tensor | None, text_encoder: str,
-    latent_channels: int, seed: int,
+    latent_channels: int, seed: int, paired_clip: bool = False,
 ) -> StyleMamba:
     """The model a CLIP_VISION fit starts from: ``style_mamba`` when it was made with this tower, else a new one sized to it.
 
-    A CLIP_VISION has no text tower, so the style comes from the style images alone.
+    A CLIP_VISION has no text tower: without its paired CLIP the style comes from the style images alone.
     """
-    if style_images is None or style_text.strip():
+    if not paired_clip and (style_images is None or style_text.strip()):
         raise ValueError(
-            "TrainStyleMamba: a CLIP_VISION encodes pictures only: connect style_images and clear style_text "
-            "(text styles need a SigLIP text_encoder, with clip_vision disconnected)"
+            "TrainStyleMamba: a CLIP_VISION encodes pictures only: connect style_images and clear style_text, or connect "
+            f"the CLIP of the same CLIP model to clip for a text style (pairs that work: {pairs_table()}); "
+            "SigLIP text styles need a SigLIP text_encoder, with clip_vision disconnected"
         )
     if text_encoder != FROM_MODEL:
         raise ValueError(

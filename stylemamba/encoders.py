@@ -94,8 +94,26 @@ def encoder_identity(name_or_path: str, width: int) -> tuple[str, int]:
     return _folder_name(name_or_path).casefold(), width
 
 
+class StyleTextEncoder:
+    """A text tower that puts words in the space of the model's image tower: SigLIP's own text tower, or a ComfyUI
+    CLIP paired with its CLIP_VISION (``text_towers.ClipPairTextEncoder``). ``name`` is the id styles record;
+    ``encode`` returns unit-length embeddings (n, dim); the template averaging is shared."""
+
+    name: str
+
+    def encode(self, texts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode_style(self, text: str, device: torch.device | str | None = None, templates: tuple[str, ...] = STYLE_TEMPLATES) -> torch.Tensor:
+        """Mean of the template embeddings of one style text, renormalised: (1, dim)."""
+        if not text or not text.strip():
+            raise ValueError("style text is empty: describe the style, e.g. 'an oil painting by Van Gogh'")
+        prompts = [template.format(text.strip()) for template in templates] if templates else [text]
+        return F.normalize(self.encode(prompts, device).mean(dim=0, keepdim=True), dim=-1)
+
+
 @dataclass
-class TextEncoder:
+class TextEncoder(StyleTextEncoder):
     """SigLIP text tower + tokenizer; ``encode`` returns unit-length embeddings (n, dim)."""
 
     name: str
@@ -129,13 +147,6 @@ class TextEncoder:
         model = self.model.to(device)
         features = model(input_ids=tokens["input_ids"].to(device)).pooler_output
         return F.normalize(features.float(), dim=-1)
-
-    def encode_style(self, text: str, device: torch.device | str | None = None, templates: tuple[str, ...] = STYLE_TEMPLATES) -> torch.Tensor:
-        """Mean of the template embeddings of one style text, renormalised: (1, dim)."""
-        if not text or not text.strip():
-            raise ValueError("style text is empty: describe the style, e.g. 'an oil painting by Van Gogh'")
-        prompts = [template.format(text.strip()) for template in templates] if templates else [text]
-        return F.normalize(self.encode(prompts, device).mean(dim=0, keepdim=True), dim=-1)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The STYLE_EMBED value: a style as a point (and a direction) in SigLIP's shared space."""
+"""The STYLE_EMBED value: a style as a point (and a direction) in the shared space of a text and an image tower."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .encoders import TextEncoder
+from .encoders import StyleTextEncoder
 
 DEFAULT_SOURCE_TEXT = "a photo"
 
@@ -26,7 +26,7 @@ class StyleEmbedding:
         return F.normalize(self.target - self.source, dim=-1)
 
 
-def encode_text_style(encoder: TextEncoder, text: str, source_text: str = DEFAULT_SOURCE_TEXT) -> StyleEmbedding:
+def encode_text_style(encoder: StyleTextEncoder, text: str, source_text: str = DEFAULT_SOURCE_TEXT) -> StyleEmbedding:
     """Template-averaged embeddings of the style text and of the source ("a photo") text."""
     with torch.no_grad():
         target = encoder.encode_style(text).cpu()

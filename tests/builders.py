@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import torch
@@ -163,3 +164,71 @@ class FakeClipVision:
                  std=(0.26862954, 0.26130258, 0.27577711)) -> None:
         self.model, self.image_size, self.image_mean, self.image_std = model.eval(), image_size, list(mean), list(std)
         self.patcher = None
+
+
+class TinyTextTower(torch.nn.Module):
+    """A few-layer text transformer laid out as ComfyUI's ``CLIPTextModel``: ``text_model.encoder.layers``,
+    ``text_model.final_layer_norm`` and a square ``text_projection``; ``pooled`` is the final-norm end token."""
+
+    def __init__(self, hidden: int = 16, layers: int = 2, vocab: int = 97, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.text_model = torch.nn.Module()
+        self.text_model.embeddings = torch.nn.Embedding(vocab, hidden)
+        self.text_model.encoder = torch.nn.Module()
+        self.text_model.encoder.layers = torch.nn.ModuleList(ResidualInPlaceLayer(hidden) for _ in range(layers))
+        self.text_model.final_layer_norm = torch.nn.LayerNorm(hidden)
+        self.text_projection = torch.nn.Linear(hidden, hidden, bias=False)
+        self.num_layers = layers
+
+    def pooled(self, token_ids: list[int]) -> torch.Tensor:
+        x = self.text_model.embeddings(torch.tensor([token_ids]))
+        for layer in self.text_model.encoder.layers:
+            x = layer(x, None, None)
+        return self.text_model.final_layer_norm(x)[:, -1]
+
+
+class FakeSDClipModel(torch.nn.Module):
+    """What the pack calls on ComfyUI's ``SDClipModel``: clip options and ``encode_token_weights`` → (tokens, pooled).
+    By default it returns the unprojected pooled output, as SDXL's clip_l does; ``projected_pooled`` switches."""
+
+    def __init__(self, transformer: TinyTextTower, projected_by_default: bool = False) -> None:
+        super().__init__()
+        self.transformer = transformer.eval()
+        self.default_projected = self.return_projected_pooled = projected_by_default
+
+    def set_clip_options(self, options: dict) -> None:
+        self.return_projected_pooled = options.get("projected_pooled", self.return_projected_pooled)
+
+    def reset_clip_options(self) -> None:
+        self.return_projected_pooled = self.default_projected
+
+    def encode_token_weights(self, token_weight_pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.transformer.pooled([token for token, _ in token_weight_pairs[0]])
+        return torch.zeros(1, 1, pooled.shape[-1]), self.transformer.text_projection(pooled) if self.return_projected_pooled else pooled
+
+
+class FakeTokenizer:
+    """Word-level token ids (a stable hash) between start and end tokens, as ``tokenize_with_weights`` lays them out."""
+
+    def __init__(self, vocab: int = 97) -> None:
+        self.vocab, self.calls = vocab, []
+
+    def ids(self, text: str) -> list[int]:
+        import zlib
+
+        return [1, *(3 + zlib.crc32(word.encode()) % (self.vocab - 3) for word in text.lower().split()), 2]
+
+    def tokenize_with_weights(self, text: str, return_word_ids: bool = False, **kwargs) -> list:
+        self.calls.append(kwargs)
+        return [[(token, 1.0) for token in self.ids(text)]]
+
+
+class FakeClip:
+    """What the pack reads of ``comfy.sd.CLIP``: ``cond_stage_model`` and ``tokenizer`` with one attribute per tower."""
+
+    def __init__(self, **towers: FakeSDClipModel) -> None:
+        self.cond_stage_model, self.tokenizer, self.patcher = torch.nn.Module(), types.SimpleNamespace(), None
+        for name, model in towers.items():
+            setattr(self.cond_stage_model, name, model)
+            setattr(self.tokenizer, name, FakeTokenizer())

@@ -167,3 +167,13 @@ def test_checkpoint_whose_encoder_keys_disagree_is_refused(clip_vision, tmp_path
     save_file(load_file(str(path)), str(tmp_path / "b.safetensors"), metadata=metadata)
     with pytest.raises(CheckpointError, match="encoder_fingerprint='000000000000' disagrees with its encoder"):
         load_checkpoint(tmp_path / "b.safetensors")
+
+
+def test_fingerprint_takes_tensors_whose_last_index_fp32_cannot_hold():
+    """2**24 + 4 values: fp32's linspace rounds the last index to the length itself (a CLIP text tower's token
+    embedding, 49408 x 768, is such a size); smaller tensors keep the fingerprints they always had."""
+    big = torch.nn.Module()
+    big.register_buffer("values", torch.arange(2**24 + 4, dtype=torch.float32).half())
+    before = weights_fingerprint(big)
+    big.values[-1] = -1  # the last value is sampled
+    assert len(before) == 12 and weights_fingerprint(big) != before
