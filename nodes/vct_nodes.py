@@ -78,10 +78,20 @@ def encode_text(clip: Any, model: Any, tokens: dict, size: tuple[int, int]) -> C
     # ComfyUI's CLIP layers add in place (``x += ...``); saving copies for backward lets gradients reach learned vectors
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
         context, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    check_clip_fits(context.shape[-1], model)
     height, width = size[0] * 8, size[1] * 8
     adm = model.model.encode_adm(pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0,
                                  target_width=width, target_height=height)
     return Cond(context.float(), None if adm is None else adm.float())
+
+
+def check_clip_fits(width: int, model: Any) -> None:
+    """The UNet's cross-attention takes one text width (SD1.5 768, SD2 1024, SDXL 768 + 1280); another CLIP's features
+    would fail deep inside the UNet with a matrix-shape error."""
+    expected = model.model.model_config.unet_config.get("context_dim")
+    if expected is not None and width != expected:
+        raise ValueError(f"the CLIP gives {width}-wide text features, the {type(model.model).__name__} MODEL's UNet takes "
+                         f"{expected}-wide ones: use the CLIP from the same checkpoint as the MODEL")
 
 
 class VCTProgress:
@@ -309,20 +319,55 @@ def with_attention_control(model: Any, attention: Any = None) -> Any:
     return patched
 
 
-def concept_model(concept: str) -> str | None:
-    """The model class a concept file says it was learned on (our metadata), or None for other files."""
+EMBEDDING = "embedding:"
+
+
+def concept_file(concept: str) -> Path | None:
+    """The ``.safetensors`` file in models/embeddings that ``embedding:<name>`` names, or None."""
+    name = concept.strip().removeprefix(EMBEDDING).split()[0] if concept.strip() else ""
+    for folder in comfy_bridge.model_folder_paths("embeddings"):
+        path = Path(folder) / f"{name}.safetensors"
+        if name and path.is_file():
+            return path
+    return None
+
+
+def check_concept(concept: str, clip: Any, model: Any) -> None:
+    """Refuse a concept the fusion would silently sample without. ComfyUI's tokenizer drops an embedding it cannot find,
+    and one whose width does not fit a text encoder (an SD1.5 file's 768-wide vectors for SDXL's 1280-wide clip_g), with
+    only a log warning; and it reads an SDXL file's clip_l half into an SD1.5 CLIP without a word."""
     import json
 
     from safetensors import safe_open
 
-    name = concept.strip().removeprefix("embedding:")
-    for folder in comfy_bridge.model_folder_paths("embeddings"):
-        path = Path(folder) / f"{name}.safetensors"
-        if path.is_file():
-            with safe_open(str(path), "pt") as handle:
-                info = (handle.metadata() or {}).get("vct")
-            return json.loads(info)["model"] if info else None
-    return None
+    if EMBEDDING not in concept:
+        return  # a concept in plain words
+    name = concept.strip().removeprefix(EMBEDDING)
+    tokens = clip.tokenize(concept)
+    for encoder, rows in sorted(tokens.items()):
+        widths = {t.shape[-1] for row in rows for t, *_ in row if not isinstance(t, int)}
+        if not widths:
+            raise ValueError(f"the concept {concept!r} is not an embedding in models/embeddings "
+                             f"({', '.join(comfy_bridge.model_folder_paths('embeddings'))}): ComfyUI would ignore it and "
+                             "sample without the concept; link VCT Concept Inversion's output or type embedding:<saved name>")
+        takes = getattr(clip.tokenizer, f"clip_{encoder}").embedding_size
+        if widths != {takes}:
+            raise ValueError(f"the concept {name!r} holds {'/'.join(map(str, sorted(widths)))}-wide vectors for the CLIP's "
+                             f"clip_{encoder}, which takes {takes}-wide ones: it was learned for another model family "
+                             "(SD1.5 files hold 768-wide emb_params, SDXL files clip_l 768 + clip_g 1280); ComfyUI would "
+                             "drop it. Learn the concept with this MODEL and CLIP")
+    path = concept_file(concept)
+    if path is None:
+        return
+    with safe_open(str(path), "pt") as handle:
+        keys, info = set(handle.keys()), (handle.metadata() or {}).get("vct")
+    if "clip_g" in keys and "g" not in tokens:
+        raise ValueError(f"the concept {name!r} is an SDXL embedding (clip_l + clip_g) and the CLIP has no clip_g "
+                         "(an SD1.5 CLIP): ComfyUI would use its clip_l half alone. Learn the concept with this MODEL and CLIP")
+    learned_on = json.loads(info)["model"] if info else None
+    if learned_on is not None and learned_on != type(model.model).__name__:
+        raise ValueError(f"the concept {name!r} was learned on {learned_on}, the MODEL is {type(model.model).__name__}: "
+                         "learn the concept with this MODEL")
 
 
 def prompt_ids(tokens: dict) -> tuple[list[Any], list[bool]]:
@@ -385,9 +430,7 @@ class VCTFusion:
              cross_attention_end: float, max_self_tokens: int, concept_weight: float) -> tuple:
         check_unet(model)
         inversion.check_model(model)
-        learned_on = concept_model(concept)
-        if learned_on is not None and learned_on != type(model.model).__name__:
-            raise ValueError(f"the concept {concept!r} was learned on {learned_on}, the MODEL is {type(model.model).__name__}")
+        check_concept(concept, clip, model)
         tokens = clip.tokenize(prompt.replace("{concept}", concept))
         source_ids, _ = prompt_ids(clip.tokenize(""))
         target_ids, concept_mask = prompt_ids(tokens)
