@@ -7,6 +7,7 @@ ComfyUI's model management loaded it; comfy is reached through ``comfy_bridge`` 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..stylestudio.layers import existing_patch, patch_key, unet_cross_attention_layers
 from ..vct.autograd import allow_autograd
@@ -95,13 +97,24 @@ def check_clip_fits(width: int, model: Any) -> None:
 
 
 class VCTProgress:
-    """ComfyUI's progress bar as the core's step callback: returns True once the user pressed Cancel."""
+    """The core's step callback: ComfyUI's progress bar, and a console bar named after the node with the step's loss
+    (as Train StyleMamba shows it); returns True once the user pressed Cancel."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, name: str, total: int) -> None:
         self.progress = comfy_bridge.Progress(total)
+        self.bar = tqdm(total=total, desc=name, unit="step")
 
-    def __call__(self, done: int, total: int) -> bool:
+    def __call__(self, done: int, total: int, loss: float | None = None) -> bool:
+        self.bar.update(done - self.bar.n)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4g}")
         return self.progress.update_unless_cancelled(done, total)
+
+    def __enter__(self) -> "VCTProgress":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.close()
 
 
 @dataclass(frozen=True)
@@ -168,20 +181,20 @@ class VCTContentInversion:
         source = encode_text(clip, model, clip.tokenize(content_prompt), size)
         null = encode_text(clip, model, clip.tokenize(""), size)
         eps = ComfyEps(model)
-        progress = VCTProgress(steps * 2)
-        try:
-            path = invert(eps, x0, source.as_kind(POSITIVE), schedule, lambda done, total: progress(done, 2 * steps))
-            if inner_steps == 0 or cfg == 1.0:
-                nulls, losses = [null.context] * steps, []
-            else:
-                allow_autograd(model.model)
-                settings = NullTextSettings(inner_steps=inner_steps)
-                nulls, losses = null_text_optimise(
-                    eps, path, source.as_kind(POSITIVE), null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
-                    schedule, cfg, settings, lambda done, total: progress(steps + done, 2 * steps))
-        except InterruptedError:
-            comfy_bridge.throw_if_interrupted()
-            raise
+        with VCTProgress("VCTContentInversion", steps * 2) as progress:
+            try:
+                path = invert(eps, x0, source.as_kind(POSITIVE), schedule, lambda done, total: progress(done, 2 * steps))
+                if inner_steps == 0 or cfg == 1.0:
+                    nulls, losses = [null.context] * steps, []
+                else:
+                    allow_autograd(model.model)
+                    settings = NullTextSettings(inner_steps=inner_steps)
+                    nulls, losses = null_text_optimise(
+                        eps, path, source.as_kind(POSITIVE), null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
+                        schedule, cfg, settings, lambda done, total: progress(steps + done, 2 * steps))
+            except InterruptedError:
+                comfy_bridge.throw_if_interrupted()
+                raise
         inversion = ContentInversion(path[-1], tuple(nulls), null.adm, source, schedule, cfg, tuple(samples.shape),
                                      model_identity(model), tuple(losses))
         return (inversion,)
@@ -236,14 +249,16 @@ class VCTConceptInversion:
 
         settings = ConceptSettings(steps=steps, lr=learning_rate, seed=seed, eval_every=max(1, min(25, steps // 4)))
         sigmas = model.get_model_object("model_sampling").sigmas
-        result = learn_concept(ComfyEps(model), encode, initial, x0, sigmas, settings, VCTProgress(steps))
+        with VCTProgress("VCTConceptInversion", steps) as progress:
+            result = learn_concept(ComfyEps(model), encode, initial, x0, sigmas, settings, progress)
         metadata = {"initializer_word": initializer_word, "vectors": vectors, "steps_done": result.steps_done,
                     "stopped_early": result.stopped_early, "first_loss": result.first_loss, "best_loss": result.best_loss,
                     "model": type(model.model).__name__}
         write_embedding(path, result.vectors, metadata)
-        print(f"VCTConceptInversion: {'cancelled, best so far' if result.stopped_early else 'done'} "
-              f"(validation loss {result.first_loss:.4f} -> {result.best_loss:.4f}) written to {path}")
-        return (f"embedding:{path.stem}",)
+        outcome = (f"{'cancelled after ' + str(result.steps_done) + ' steps, best so far' if result.stopped_early else 'done'}"
+                   f" (validation loss {result.first_loss:.4f} -> {result.best_loss:.4f}) written to {path.name}")
+        logging.info("VCTConceptInversion: %s in %s", outcome, path.parent)
+        return {"ui": {"text": [outcome]}, "result": (f"embedding:{path.stem}",)}
 
 
 def concept_tokens(clip: Any, count: int) -> tuple[dict, dict[str, list[int | None]]]:
@@ -441,8 +456,9 @@ class VCTFusion:
         comfy_bridge.load_patcher(patched)
         nulls = [Cond(null, inversion.null_adm, (NEGATIVE,)) for null in inversion.nulls]
         try:
-            source, translated = fuse(ComfyEps(patched), inversion.x_t, nulls, inversion.source, target, inversion.schedule,
-                                      inversion.cfg, control, VCTProgress(inversion.schedule.steps))
+            with VCTProgress("VCTFusion", inversion.schedule.steps) as progress:
+                source, translated = fuse(ComfyEps(patched), inversion.x_t, nulls, inversion.source, target,
+                                          inversion.schedule, inversion.cfg, control, progress)
         except InterruptedError:
             comfy_bridge.throw_if_interrupted()
             raise

@@ -129,8 +129,8 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).pow(2).mean().sqrt())
 
 
-def reconstruction(model, clip) -> dict:
-    """(a) DDIM inversion + sampling at CFG 1; at CFG 7.5 plain vs null-text inversion (the content node's core)."""
+def reconstruction(model, clip) -> tuple[dict, object]:
+    """(a) DDIM inversion + sampling at CFG 1; at CFG 7.5 plain vs null-text inversion through the content node."""
     eps = ComfyEps(model)
     schedule = ddim.DDIMSchedule.from_table(model.get_model_object("model_sampling").sigmas, STEPS)
     x0 = model.model.process_latent_in(content_latent())
@@ -143,7 +143,7 @@ def reconstruction(model, clip) -> dict:
         start = time.perf_counter()
         (inversion,) = VCTContentInversion().invert(model, clip, {"samples": content_latent()}, STEPS, CFG, INNER, CAPTION)
         seconds = time.perf_counter() - start
-        nulls = [Cond(n, None, (NEGATIVE,)) for n in inversion.nulls]
+        nulls = [Cond(n, inversion.null_adm, (NEGATIVE,)) for n in inversion.nulls]
         null_text = ddim.sample(eps, inversion.x_t, caption, nulls, schedule, CFG)
     return {"scale": rms(x0, torch.zeros_like(x0)), "cfg1_rms": rms(cfg1, x0), "cfg1_max": distance(cfg1, x0),
             "plain_cfg_rms": rms(plain, x0), "null_text_rms": rms(null_text, x0), "null_text_seconds": round(seconds, 2),
@@ -155,9 +155,11 @@ def concept(model, clip, folder: Path) -> dict:
     reference = torch.linspace(0, 1, 64 * 64 * 3).reshape(1, 64, 64, 3) ** 2
     before = {p.name for p in folder.glob("*.safetensors")}
     with torch.inference_mode():
-        (first,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 8, 2e-2, 0)
+        (first,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 8, 2e-2,
+                                               0)["result"]
         first_bytes = (folder / f"{first.removeprefix('embedding:')}.safetensors").read_bytes()
-        (second,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 1, 2e-2, 0)
+        learned = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 1, 2e-2, 0)
+        (second,), shown = learned["result"], learned["ui"]["text"]
         with_concept = CLIPTextEncode().encode(clip, f"a photo of {first}")[0][0][0]
         without = CLIPTextEncode().encode(clip, "a photo of")[0][0][0]
         with_word = CLIPTextEncode().encode(clip, "a photo of painting painting painting")[0][0][0]
@@ -165,7 +167,7 @@ def concept(model, clip, folder: Path) -> dict:
     with safe_open(str(folder / f"{first.removeprefix('embedding:')}.safetensors"), "pt") as handle:
         meta = json.loads(handle.metadata()["vct"])
         keys = {key: list(handle.get_tensor(key).shape) for key in handle.keys()}
-    return {"names": [first, second], "new_files": sorted({p.name for p in folder.glob("*.safetensors")} - before),
+    return {"names": [first, second], "shown": shown, "new_files": sorted({p.name for p in folder.glob("*.safetensors")} - before),
             "first_unchanged": (folder / f"{first.removeprefix('embedding:')}.safetensors").read_bytes() == first_bytes,
             "first_loss": meta["first_loss"], "best_loss": meta["best_loss"], "keys": keys,
             "change_vs_prompt": distance(with_concept, without), "change_vs_initializer": distance(with_concept, with_word),
@@ -310,10 +312,12 @@ def sdxl_concept(folder: Path, sd15: tuple) -> dict:
     into both encoders, the fusion on it; and what core ComfyUI and our nodes make of SD1.5/SDXL files crossed over."""
     sd15_model, sd15_clip, sd15_inversion, sd15_concept = sd15
     model, clip = tiny_sdxl(**SDXL_TEXT), tiny_sdxl_clip(folder)
+    null_text, inversion = reconstruction(model, clip)  # the content node with the SDXL CLIP's conditioning
     reference = torch.linspace(0, 1, 64 * 64 * 3).reshape(1, 64, 64, 3) ** 2
     start = time.perf_counter()
     with torch.inference_mode():
-        (name,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_sdxl", "painting", 3, 8, 2e-2, 0)
+        (name,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_sdxl", "painting", 3, 8, 2e-2,
+                                              0)["result"]
     seconds = time.perf_counter() - start
     path = folder / f"{name.removeprefix('embedding:')}.safetensors"
     from safetensors import safe_open
@@ -332,12 +336,11 @@ def sdxl_concept(folder: Path, sd15: tuple) -> dict:
         # core ComfyUI with crossed files: an SD1.5 file in the SDXL CLIP, an SDXL file in the SD1.5 CLIP
         (sd15_in_xl, _) = encode(clip, f"a photo of {sd15_concept}")
         sdxl_in_15, plain_15 = encode(sd15_clip, f"a photo of {name}")[0], encode(sd15_clip, "a photo of")[0]
-        (inversion,) = VCTContentInversion().invert(model, clip, {"samples": content_latent()}, STEPS, CFG, 0)
         translated, _ = VCTFusion().fuse(model, clip, inversion, name, "a painting of {concept}", 0.9, 0.2, 1024, 0.5)
 
     fuse_with = lambda m, c, inv, concept: lambda: VCTFusion().fuse(m, c, inv, concept, "{concept}", 0.9, 0.2, 1024, 0.5)
     return {
-        "seconds": round(seconds, 1), "first_loss": meta["first_loss"], "best_loss": meta["best_loss"], "keys": keys,
+        "reconstruction": null_text, "seconds": round(seconds, 1), "first_loss": meta["first_loss"], "best_loss": meta["best_loss"], "keys": keys,
         "context_shape": list(with_concept.shape),
         "clip_l_change": distance(with_concept[..., :768], without[..., :768]),
         "clip_g_change": distance(with_concept[..., 768:], without[..., 768:]),
