@@ -181,17 +181,19 @@ class VCTContentInversion:
         source = encode_text(clip, model, clip.tokenize(content_prompt), size)
         null = encode_text(clip, model, clip.tokenize(""), size)
         eps = ComfyEps(model)
-        with VCTProgress("VCTContentInversion", steps * 2) as progress:
+        plain = inner_steps == 0 or cfg == 1.0  # no null-text: CFG 1 needs none
+        bar = steps if plain else 2 * steps
+        with VCTProgress("VCTContentInversion", bar) as progress:
             try:
-                path = invert(eps, x0, source.as_kind(POSITIVE), schedule, lambda done, total: progress(done, 2 * steps))
-                if inner_steps == 0 or cfg == 1.0:
+                path = invert(eps, x0, source.as_kind(POSITIVE), schedule, lambda done, total: progress(done, bar))
+                if plain:
                     nulls, losses = [null.context] * steps, []
                 else:
                     allow_autograd(model.model)
                     settings = NullTextSettings(inner_steps=inner_steps)
                     nulls, losses = null_text_optimise(
                         eps, path, source.as_kind(POSITIVE), null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
-                        schedule, cfg, settings, lambda done, total: progress(steps + done, 2 * steps))
+                        schedule, cfg, settings, lambda done, total: progress(steps + done, bar))
             except InterruptedError:
                 comfy_bridge.throw_if_interrupted()
                 raise
