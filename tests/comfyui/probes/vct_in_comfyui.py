@@ -167,7 +167,8 @@ def concept(model, clip, folder: Path) -> dict:
     with safe_open(str(folder / f"{first.removeprefix('embedding:')}.safetensors"), "pt") as handle:
         meta = json.loads(handle.metadata()["vct"])
         keys = {key: list(handle.get_tensor(key).shape) for key in handle.keys()}
-    return {"names": [first, second], "shown": shown, "new_files": sorted({p.name for p in folder.glob("*.safetensors")} - before),
+    return {"names": [first, second], "shown": shown,
+            "new_files": sorted({p.name for p in folder.glob("*.safetensors")} - before),
             "first_unchanged": (folder / f"{first.removeprefix('embedding:')}.safetensors").read_bytes() == first_bytes,
             "first_loss": meta["first_loss"], "best_loss": meta["best_loss"], "keys": keys,
             "change_vs_prompt": distance(with_concept, without), "change_vs_initializer": distance(with_concept, with_word),
@@ -340,7 +341,8 @@ def sdxl_concept(folder: Path, sd15: tuple) -> dict:
 
     fuse_with = lambda m, c, inv, concept: lambda: VCTFusion().fuse(m, c, inv, concept, "{concept}", 0.9, 0.2, 1024, 0.5)
     return {
-        "reconstruction": null_text, "seconds": round(seconds, 1), "first_loss": meta["first_loss"], "best_loss": meta["best_loss"], "keys": keys,
+        "reconstruction": null_text, "seconds": round(seconds, 1), "first_loss": meta["first_loss"],
+        "best_loss": meta["best_loss"], "keys": keys,
         "context_shape": list(with_concept.shape),
         "clip_l_change": distance(with_concept[..., :768], without[..., :768]),
         "clip_g_change": distance(with_concept[..., 768:], without[..., 768:]),
