@@ -88,8 +88,9 @@ def main() -> None:
         model, clip = probe.tiny_sd15(), probe.tiny_clip(folder)
         eps = probe.ComfyEps(model)
         with torch.inference_mode():
-            (concept,), stats = measure(lambda: probe.VCTConceptInversion().learn(
+            learned, stats = measure(lambda: probe.VCTConceptInversion().learn(
                 model, clip, StandInVAE(side), reference, "bench", "painting", 3, args.concept_steps, 2e-3, 0))
+            (concept,) = learned["result"]
             rows.append((f"concept inversion, {args.concept_steps} steps", stats, args.concept_steps))
             (inversion,), stats = measure(lambda: probe.VCTContentInversion().invert(
                 model, clip, {"samples": content}, args.steps, 7.5, 0, probe.CAPTION))

@@ -7,6 +7,7 @@ ComfyUI's model management loaded it; comfy is reached through ``comfy_bridge`` 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..stylestudio.layers import existing_patch, patch_key, unet_cross_attention_layers
 from ..vct.autograd import allow_autograd
@@ -78,20 +80,41 @@ def encode_text(clip: Any, model: Any, tokens: dict, size: tuple[int, int]) -> C
     # ComfyUI's CLIP layers add in place (``x += ...``); saving copies for backward lets gradients reach learned vectors
     with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
         context, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    check_clip_fits(context.shape[-1], model)
     height, width = size[0] * 8, size[1] * 8
     adm = model.model.encode_adm(pooled_output=pooled, width=width, height=height, crop_w=0, crop_h=0,
                                  target_width=width, target_height=height)
     return Cond(context.float(), None if adm is None else adm.float())
 
 
+def check_clip_fits(width: int, model: Any) -> None:
+    """The UNet's cross-attention takes one text width (SD1.5 768, SD2 1024, SDXL 768 + 1280); another CLIP's features
+    would fail deep inside the UNet with a matrix-shape error."""
+    expected = model.model.model_config.unet_config.get("context_dim")
+    if expected is not None and width != expected:
+        raise ValueError(f"the CLIP gives {width}-wide text features, the {type(model.model).__name__} MODEL's UNet takes "
+                         f"{expected}-wide ones: use the CLIP from the same checkpoint as the MODEL")
+
+
 class VCTProgress:
-    """ComfyUI's progress bar as the core's step callback: returns True once the user pressed Cancel."""
+    """The core's step callback: ComfyUI's progress bar, and a console bar named after the node with the step's loss
+    (as Train StyleMamba shows it); returns True once the user pressed Cancel."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self, name: str, total: int) -> None:
         self.progress = comfy_bridge.Progress(total)
+        self.bar = tqdm(total=total, desc=name, unit="step")
 
-    def __call__(self, done: int, total: int) -> bool:
+    def __call__(self, done: int, total: int, loss: float | None = None) -> bool:
+        self.bar.update(done - self.bar.n)
+        if loss is not None:
+            self.bar.set_postfix(loss=f"{loss:.4g}")
         return self.progress.update_unless_cancelled(done, total)
+
+    def __enter__(self) -> "VCTProgress":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.bar.close()
 
 
 @dataclass(frozen=True)
@@ -158,20 +181,22 @@ class VCTContentInversion:
         source = encode_text(clip, model, clip.tokenize(content_prompt), size)
         null = encode_text(clip, model, clip.tokenize(""), size)
         eps = ComfyEps(model)
-        progress = VCTProgress(steps * 2)
-        try:
-            path = invert(eps, x0, source.as_kind(POSITIVE), schedule, lambda done, total: progress(done, 2 * steps))
-            if inner_steps == 0 or cfg == 1.0:
-                nulls, losses = [null.context] * steps, []
-            else:
-                allow_autograd(model.model)
-                settings = NullTextSettings(inner_steps=inner_steps)
-                nulls, losses = null_text_optimise(
-                    eps, path, source.as_kind(POSITIVE), null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
-                    schedule, cfg, settings, lambda done, total: progress(steps + done, 2 * steps))
-        except InterruptedError:
-            comfy_bridge.throw_if_interrupted()
-            raise
+        plain = inner_steps == 0 or cfg == 1.0  # no null-text: CFG 1 needs none
+        bar = steps if plain else 2 * steps
+        with VCTProgress("VCTContentInversion", bar) as progress:
+            try:
+                path = invert(eps, x0, source.as_kind(POSITIVE), schedule, lambda done, total: progress(done, bar))
+                if plain:
+                    nulls, losses = [null.context] * steps, []
+                else:
+                    allow_autograd(model.model)
+                    settings = NullTextSettings(inner_steps=inner_steps)
+                    nulls, losses = null_text_optimise(
+                        eps, path, source.as_kind(POSITIVE), null.context, lambda e: Cond(e, null.adm, (NEGATIVE,)),
+                        schedule, cfg, settings, lambda done, total: progress(steps + done, bar))
+            except InterruptedError:
+                comfy_bridge.throw_if_interrupted()
+                raise
         inversion = ContentInversion(path[-1], tuple(nulls), null.adm, source, schedule, cfg, tuple(samples.shape),
                                      model_identity(model), tuple(losses))
         return (inversion,)
@@ -226,14 +251,16 @@ class VCTConceptInversion:
 
         settings = ConceptSettings(steps=steps, lr=learning_rate, seed=seed, eval_every=max(1, min(25, steps // 4)))
         sigmas = model.get_model_object("model_sampling").sigmas
-        result = learn_concept(ComfyEps(model), encode, initial, x0, sigmas, settings, VCTProgress(steps))
+        with VCTProgress("VCTConceptInversion", steps) as progress:
+            result = learn_concept(ComfyEps(model), encode, initial, x0, sigmas, settings, progress)
         metadata = {"initializer_word": initializer_word, "vectors": vectors, "steps_done": result.steps_done,
                     "stopped_early": result.stopped_early, "first_loss": result.first_loss, "best_loss": result.best_loss,
                     "model": type(model.model).__name__}
         write_embedding(path, result.vectors, metadata)
-        print(f"VCTConceptInversion: {'cancelled, best so far' if result.stopped_early else 'done'} "
-              f"(validation loss {result.first_loss:.4f} -> {result.best_loss:.4f}) written to {path}")
-        return (f"embedding:{path.stem}",)
+        outcome = (f"{'cancelled after ' + str(result.steps_done) + ' steps, best so far' if result.stopped_early else 'done'}"
+                   f" (validation loss {result.first_loss:.4f} -> {result.best_loss:.4f}) written to {path.name}")
+        logging.info("VCTConceptInversion: %s in %s", outcome, path.parent)
+        return {"ui": {"text": [outcome]}, "result": (f"embedding:{path.stem}",)}
 
 
 def concept_tokens(clip: Any, count: int) -> tuple[dict, dict[str, list[int | None]]]:
@@ -309,20 +336,55 @@ def with_attention_control(model: Any, attention: Any = None) -> Any:
     return patched
 
 
-def concept_model(concept: str) -> str | None:
-    """The model class a concept file says it was learned on (our metadata), or None for other files."""
+EMBEDDING = "embedding:"
+
+
+def concept_file(concept: str) -> Path | None:
+    """The ``.safetensors`` file in models/embeddings that ``embedding:<name>`` names, or None."""
+    name = concept.strip().removeprefix(EMBEDDING).split()[0] if concept.strip() else ""
+    for folder in comfy_bridge.model_folder_paths("embeddings"):
+        path = Path(folder) / f"{name}.safetensors"
+        if name and path.is_file():
+            return path
+    return None
+
+
+def check_concept(concept: str, clip: Any, model: Any) -> None:
+    """Refuse a concept the fusion would silently sample without. ComfyUI's tokenizer drops an embedding it cannot find,
+    and one whose width does not fit a text encoder (an SD1.5 file's 768-wide vectors for SDXL's 1280-wide clip_g), with
+    only a log warning; and it reads an SDXL file's clip_l half into an SD1.5 CLIP without a word."""
     import json
 
     from safetensors import safe_open
 
-    name = concept.strip().removeprefix("embedding:")
-    for folder in comfy_bridge.model_folder_paths("embeddings"):
-        path = Path(folder) / f"{name}.safetensors"
-        if path.is_file():
-            with safe_open(str(path), "pt") as handle:
-                info = (handle.metadata() or {}).get("vct")
-            return json.loads(info)["model"] if info else None
-    return None
+    if EMBEDDING not in concept:
+        return  # a concept in plain words
+    name = concept.strip().removeprefix(EMBEDDING)
+    tokens = clip.tokenize(concept)
+    for encoder, rows in sorted(tokens.items()):
+        widths = {t.shape[-1] for row in rows for t, *_ in row if not isinstance(t, int)}
+        if not widths:
+            raise ValueError(f"the concept {concept!r} is not an embedding in models/embeddings "
+                             f"({', '.join(comfy_bridge.model_folder_paths('embeddings'))}): ComfyUI would ignore it and "
+                             "sample without the concept; link VCT Concept Inversion's output or type embedding:<saved name>")
+        takes = getattr(clip.tokenizer, f"clip_{encoder}").embedding_size
+        if widths != {takes}:
+            raise ValueError(f"the concept {name!r} holds {'/'.join(map(str, sorted(widths)))}-wide vectors for the CLIP's "
+                             f"clip_{encoder}, which takes {takes}-wide ones: it was learned for another model family "
+                             "(SD1.5 files hold 768-wide emb_params, SDXL files clip_l 768 + clip_g 1280); ComfyUI would "
+                             "drop it. Learn the concept with this MODEL and CLIP")
+    path = concept_file(concept)
+    if path is None:
+        return
+    with safe_open(str(path), "pt") as handle:
+        keys, info = set(handle.keys()), (handle.metadata() or {}).get("vct")
+    if "clip_g" in keys and "g" not in tokens:
+        raise ValueError(f"the concept {name!r} is an SDXL embedding (clip_l + clip_g) and the CLIP has no clip_g "
+                         "(an SD1.5 CLIP): ComfyUI would use its clip_l half alone. Learn the concept with this MODEL and CLIP")
+    learned_on = json.loads(info)["model"] if info else None
+    if learned_on is not None and learned_on != type(model.model).__name__:
+        raise ValueError(f"the concept {name!r} was learned on {learned_on}, the MODEL is {type(model.model).__name__}: "
+                         "learn the concept with this MODEL")
 
 
 def prompt_ids(tokens: dict) -> tuple[list[Any], list[bool]]:
@@ -385,9 +447,7 @@ class VCTFusion:
              cross_attention_end: float, max_self_tokens: int, concept_weight: float) -> tuple:
         check_unet(model)
         inversion.check_model(model)
-        learned_on = concept_model(concept)
-        if learned_on is not None and learned_on != type(model.model).__name__:
-            raise ValueError(f"the concept {concept!r} was learned on {learned_on}, the MODEL is {type(model.model).__name__}")
+        check_concept(concept, clip, model)
         tokens = clip.tokenize(prompt.replace("{concept}", concept))
         source_ids, _ = prompt_ids(clip.tokenize(""))
         target_ids, concept_mask = prompt_ids(tokens)
@@ -398,8 +458,9 @@ class VCTFusion:
         comfy_bridge.load_patcher(patched)
         nulls = [Cond(null, inversion.null_adm, (NEGATIVE,)) for null in inversion.nulls]
         try:
-            source, translated = fuse(ComfyEps(patched), inversion.x_t, nulls, inversion.source, target, inversion.schedule,
-                                      inversion.cfg, control, VCTProgress(inversion.schedule.steps))
+            with VCTProgress("VCTFusion", inversion.schedule.steps) as progress:
+                source, translated = fuse(ComfyEps(patched), inversion.x_t, nulls, inversion.source, target,
+                                          inversion.schedule, inversion.cfg, control, progress)
         except InterruptedError:
             comfy_bridge.throw_if_interrupted()
             raise

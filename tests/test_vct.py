@@ -90,7 +90,13 @@ def test_null_text_cancel_stops_after_the_step_it_is_pressed_in():
     with pytest.raises(InterruptedError, match="cancelled"):
         ddim.null_text_optimise(model, path, cond, torch.zeros(1, 5, 8), lambda e: Cond(e, kinds=(NEGATIVE,)), schedule, 7.5,
                                 ddim.NullTextSettings(inner_steps=1), on_step=lambda done, total: seen.append(done) or done == 2)
-    assert seen == [1, 2]
+    assert seen == [0, 1, 1, 2]  # after each inner step (outer steps done so far), then after each outer step
+    calls = []  # Cancel pressed during the third inner step of the first outer step: it stops there, not 47 steps later
+    with pytest.raises(InterruptedError, match="cancelled"):
+        ddim.null_text_optimise(model, path, cond, torch.zeros(1, 5, 8), lambda e: Cond(e, kinds=(NEGATIVE,)), schedule, 7.5,
+                                ddim.NullTextSettings(inner_steps=50, epsilon=0.0, epsilon_per_step=0.0),
+                                on_step=lambda done, total: calls.append(done) or len(calls) == 3)
+    assert calls == [0, 0, 0]
 
 
 def test_concept_learning_lowers_the_validation_loss_and_cancel_keeps_the_best_so_far():
@@ -101,8 +107,11 @@ def test_concept_learning_lowers_the_validation_loss_and_cancel_keeps_the_best_s
     result = learn_concept(model, encode, {"l": torch.zeros(3, 8)}, x0, sigmas, settings)
     assert result.best_loss < 0.5 * result.first_loss and result.steps_done == 40 and not result.stopped_early
     assert result.history[0] == result.first_loss and min(result.history) == result.best_loss
-    stopped = learn_concept(model, encode, {"l": torch.zeros(3, 8)}, x0, sigmas, settings, on_step=lambda done, total: done == 25)
+    seen: list[float] = []  # each step's training loss, for the progress bar
+    stopped = learn_concept(model, encode, {"l": torch.zeros(3, 8)}, x0, sigmas, settings,
+                            on_step=lambda done, total, loss: seen.append(loss) or done == 25)
     assert stopped.stopped_early and stopped.steps_done == 25 and stopped.history == result.history[:3]
+    assert len(seen) == 25 and all(0 < loss < float("inf") for loss in seen) and len(set(seen)) > 1
     with pytest.raises(ValueError, match="one picture"):
         learn_concept(model, encode, {"l": torch.zeros(3, 8)}, x0.expand(2, -1, -1, -1), sigmas, settings)
 

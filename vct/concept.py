@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .ddim import EpsFn, StepCallback
+from .ddim import EpsFn
 
 Vectors = dict[str, Tensor]  # per text encoder ("l", "g"): (vectors, width)
+#: Called after each step with (done, total, that step's training loss); returns True to stop early (Cancel).
+LossStepCallback = Callable[[int, int, float], bool]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def _draws(generator: torch.Generator, count: int, x0: Tensor, timesteps: int) -
 
 
 def learn_concept(eps_fn: EpsFn, encode: Callable[[Vectors], object], initial: Vectors, x0: Tensor, sigmas: Tensor,
-                  settings: ConceptSettings = ConceptSettings(), on_step: StepCallback | None = None) -> ConceptResult:
+                  settings: ConceptSettings = ConceptSettings(), on_step: LossStepCallback | None = None) -> ConceptResult:
     """Optimise ``initial`` so that ``encode(vectors)`` (the prompt's conditioning with the vectors in place) lets the
     model denoise ``x0`` (one latent, ``(1, C, H, W)``) at every noise level of the table ``sigmas``."""
     if x0.shape[0] != 1:
@@ -88,7 +90,7 @@ def learn_concept(eps_fn: EpsFn, encode: Callable[[Vectors], object], initial: V
                 history.append(validate())
                 if history[-1] < best:
                     best, best_vectors = history[-1], {n: v.detach().clone() for n, v in vectors.items()}
-            if on_step is not None and on_step(done, settings.steps):
+            if on_step is not None and on_step(done, settings.steps, float(loss.detach())):
                 stopped = True
                 break
     return ConceptResult(best_vectors, best, first, done, stopped, history)

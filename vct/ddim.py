@@ -120,6 +120,7 @@ def null_text_optimise(eps_fn: EpsFn, path: Sequence[Tensor], cond: Any, null: T
     step from the current latent lands on the inverted ``path``; returns one embedding per step and each step's loss.
 
     ``path`` is ``invert``'s output; ``make_uncond(embedding)`` builds the ``cond`` for ``eps_fn`` from the embedding.
+    ``on_step`` is called after every inner step too (with the outer steps done so far), so Cancel stops within one.
     Runs with gradients whatever the caller's mode (ComfyUI runs nodes under inference mode).
     """
     nulls: list[Tensor] = []
@@ -142,6 +143,8 @@ def null_text_optimise(eps_fn: EpsFn, path: Sequence[Tensor], cond: Any, null: T
                 loss.backward()
                 optimiser.step()
                 loss_value = float(loss.detach())
+                if on_step is not None and on_step(index, schedule.steps):  # Cancel within a step: inner steps are slow
+                    raise InterruptedError("null-text optimisation cancelled")
                 if loss_value < settings.epsilon + index * settings.epsilon_per_step:
                     break
             embedding = embedding.detach()

@@ -265,6 +265,54 @@ def other_encoder(workflow: dict) -> None:
     connect(workflow, loader, 0, 5, "style_mamba")
 
 
+VCT = "vct_one_shot_translation.json"
+VCT_CONCEPT, VCT_CONTENT, VCT_FUSION, VCT_REFERENCE, VCT_LATENT, VCT_CHECKPOINT = 7, 8, 9, 5, 6, 1
+
+
+def vct_model(make: Callable[[dict, int], int]) -> Callable[[dict], None]:
+    """VCT Fusion's MODEL made by ``make(workflow, checkpoint_node)`` (a node id) instead of the inversion's checkpoint."""
+
+    def change(workflow: dict) -> None:
+        connect(workflow, make(workflow, VCT_CHECKPOINT), 0, VCT_FUSION, "model")
+
+    return change
+
+
+def merged(workflow: dict, checkpoint: int) -> int:
+    """ModelMergeSimple of the checkpoint with itself: other weights (patches), as a LoRA or a merge gives."""
+    merge = add_node(workflow, "ModelMergeSimple", [0.5], inputs=("model1", "model2"))
+    connect(workflow, checkpoint, 0, merge, "model1")
+    connect(workflow, checkpoint, 0, merge, "model2")
+    return merge
+
+
+def zero_terminal_snr(workflow: dict, checkpoint: int) -> int:
+    """ModelSamplingDiscrete eps with zsnr: the same weights on another noise schedule."""
+    sampling = add_node(workflow, "ModelSamplingDiscrete", ["eps", True], inputs=("model",))
+    connect(workflow, checkpoint, 0, sampling, "model")
+    return sampling
+
+
+def vct_nan_latent(workflow: dict) -> None:
+    """The content latent times NaN before VCT Content Inversion."""
+    multiply = add_node(workflow, "LatentMultiply", [float("nan")], inputs=("samples",))
+    connect(workflow, VCT_LATENT, 0, multiply, "samples")
+    connect(workflow, multiply, 0, VCT_CONTENT, "latent")
+
+
+def vct_reference_batch(workflow: dict) -> None:
+    """The reference repeated into a batch of 2 before VCT Concept Inversion."""
+    repeat = add_node(workflow, "RepeatImageBatch", [2], inputs=("image",))
+    connect(workflow, VCT_REFERENCE, 0, repeat, "image")
+    connect(workflow, repeat, 0, VCT_CONCEPT, "reference")
+
+
+def vct_flux_model(workflow: dict) -> None:
+    """The Flux stand-in (a DiT) as VCT Content Inversion's MODEL."""
+    loader = add_node(workflow, "UNETLoader", ["flux1_standin.safetensors", "default"])
+    connect(workflow, loader, 0, VCT_CONTENT, "model")
+
+
 @dataclass(frozen=True)
 class BadInput:
     """A broken variant of a template (by default text_style_transfer.json with a fitted model loaded, see
@@ -294,6 +342,20 @@ BAD_INPUTS = [
              ("9.ipadapter_file=flux-ip-adapter_standin.safetensors",), workflow="stylestudio_sd35_ipadapter.json"),
     BadInput("CLIP ViT-L for the SD3.5 IP-Adapter", "StyleStudioCrossAdaINDiTIPAdapter", ("1152-wide", "sigclip_vision_patch14_384"),
              ("4.clip_name=clip_vision_vitl_standin.safetensors",), workflow="stylestudio_sd35_ipadapter.json"),
+    # VCT. The fusion has no steps, CFG or latent-size inputs: it takes them from the inversion, so only the MODEL can
+    # differ; another step count, CFG or size is a new inversion.
+    BadInput("VCT inversion from another MODEL", "VCTFusion", ("inversion was made with another MODEL", "same MODEL"),
+             change=vct_model(merged), workflow=VCT),
+    BadInput("VCT inversion on another noise schedule", "VCTFusion", ("another noise schedule",),
+             change=vct_model(zero_terminal_snr), workflow=VCT),
+    BadInput("VCT NaN content latent", "VCTContentInversion", ("content latent", "NaN"), change=vct_nan_latent, workflow=VCT),
+    BadInput("VCT reference batch of 2", "VCTConceptInversion", ("one image (a batch of 1)", "(2, 64, 64, 3)"),
+             change=vct_reference_batch, workflow=VCT),
+    BadInput("VCT on a DiT (Flux)", "VCTContentInversion", ("SD1.5/SDXL UNet", "Flux"), change=vct_flux_model, workflow=VCT),
+    BadInput("VCT SDXL concept on SD1.5", "VCTFusion", ("SDXL embedding (clip_l + clip_g)", "no clip_g"),
+             ("9.concept=embedding:sdxl_concept_standin",), workflow=VCT),
+    BadInput("VCT missing concept", "VCTFusion", ("'embedding:no_such_concept' is not an embedding",),
+             ("9.concept=embedding:no_such_concept",), workflow=VCT),
 ]
 
 
@@ -308,8 +370,20 @@ def foreign_checkpoint(comfy_server) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def sdxl_embedding(comfy_server) -> Path:
+    """An SDXL textual inversion (clip_l + clip_g, as SDXL files are stored) in models/embeddings."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = comfy_server.base / "models" / "embeddings" / "sdxl_concept_standin.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, str(path))
+    return path
+
+
 @pytest.mark.parametrize("bad", BAD_INPUTS, ids=[b.name for b in BAD_INPUTS])
-def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpoint: Path,
+def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpoint: Path, sdxl_embedding: Path,
                                                    bad: BadInput, tmp_path: Path, tier_report: list[str]) -> None:
     base = bad.workflow
     fitted = base == "text_style_transfer.json"
@@ -324,6 +398,12 @@ def test_bad_input_is_refused_with_a_clear_message(comfy_server, foreign_checkpo
     assert error["node_type"] == bad.node_type
     assert "/" not in error["exception_type"] and "." not in error["exception_type"]
     assert all(word.lower() in error["exception_message"].lower() for word in bad.expected), shown
+    assert system_stats(comfy_server)["system"]["comfyui_version"]  # the server still answers
+
+
+def system_stats(server) -> dict:
+    with urllib.request.urlopen(server.url + "/system_stats", timeout=30) as answer:
+        return json.loads(answer.read())
 
 
 def test_missing_checkpoint_is_rejected_naming_the_input_and_the_choices(comfy_server, tmp_path: Path,
@@ -340,6 +420,28 @@ def digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.glob("*.safetensors")}
 
 
+def cancelled_run(server, workflow: Path, overrides: tuple[str, ...], step: re.Pattern, log_start: int) -> str:
+    """Queue ``workflow``, press Cancel (POST /interrupt, as the browser does) once ``step`` shows in the server log
+    after ``log_start``, and return run_workflow.py's line."""
+    run = subprocess.Popen(run_workflow(server.url, workflow, overrides), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + QUEUE_TIMEOUT_S
+        while not step.search(server.log_text()[log_start:]):
+            assert run.poll() is None, f"the workflow ended before {step.pattern}: {run.stdout.read()}"
+            assert time.monotonic() < deadline, f"no {step.pattern} logged in time"
+            time.sleep(0.5)
+        server.post("/interrupt")
+        return run.communicate(timeout=QUEUE_TIMEOUT_S)[0].strip()
+    finally:
+        run.kill()
+
+
+def last_history(server) -> dict:
+    with urllib.request.urlopen(server.url + "/history", timeout=30) as answer:
+        return list(json.loads(answer.read()).values())[-1]
+
+
 def test_cancel_during_training_keeps_the_best_model(comfy_server, tier_report: list[str]) -> None:
     """Cancel (``/interrupt``) after the first fit step: the best model so far lands in models/stylemamba."""
     from comfyui_stylemamba.stylemamba.checkpoint import read_metadata
@@ -347,19 +449,7 @@ def test_cancel_during_training_keeps_the_best_model(comfy_server, tier_report: 
     folder = comfy_server.base / "models" / "stylemamba"
     before, log_start = digests(folder), len(comfy_server.log_text())
     overrides = ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=10000", "3.max_resolution=64")
-    workflow = REPO / "workflows" / "train_and_apply_style.json"
-    run = subprocess.Popen(run_workflow(comfy_server.url, workflow, overrides), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + QUEUE_TIMEOUT_S
-        while not FIT_STEP.search(comfy_server.log_text()[log_start:]):
-            assert run.poll() is None, f"the workflow ended before a fit step: {run.stdout.read()}"
-            assert time.monotonic() < deadline, "no fit step logged in time"
-            time.sleep(0.5)
-        comfy_server.post("/interrupt")
-        line = run.communicate(timeout=QUEUE_TIMEOUT_S)[0].strip()
-    finally:
-        run.kill()
+    line = cancelled_run(comfy_server, REPO / "workflows" / "train_and_apply_style.json", overrides, FIT_STEP, log_start)
     assert not line.startswith("ok "), line
     after = digests(folder)
     assert {name: after[name] for name in before} == before, "an existing checkpoint was overwritten"
@@ -371,6 +461,66 @@ def test_cancel_during_training_keeps_the_best_model(comfy_server, tier_report: 
     metadata = read_metadata(folder / new[0])
     assert json.loads(metadata["training"])["stopped_early"] is True
     assert new[0] in log, "the log does not say where the model was written"
-    with urllib.request.urlopen(comfy_server.url + "/history", timeout=30) as answer:
-        last = list(json.loads(answer.read()).values())[-1]
+    last = last_history(comfy_server)
     assert any(new[0] in str(text) for text in last["outputs"].get("3", {}).get("text", [])), last["outputs"]
+
+
+def vct_step(node: str, done: str = "[1-9]\\d*") -> re.Pattern:
+    """The node's console bar (tqdm) with ``done`` steps."""
+    return re.compile(rf"{node}:\s*\d+%\|[^|]*\|\s*{done}/\d+")
+
+
+def interrupted(entry: dict) -> bool:
+    """The history entry ended by Cancel, not by an error."""
+    kinds = [message[0] for message in entry["status"]["messages"]]
+    return "execution_interrupted" in kinds and "execution_error" not in kinds
+
+
+def test_cancel_during_vct_concept_inversion_writes_the_best_vectors_beside_the_users_file(comfy_server,
+                                                                                          tier_report: list[str]) -> None:
+    """Cancel after a concept step: the best vectors so far are written under a free name (reported in the node's
+    text and the log); the user's embedding of the asked name is left as it was."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = comfy_server.base / "models" / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": torch.ones(2, 768)}, str(folder / "vct_cancel.safetensors"))  # the user's file
+    before, log_start = digests(folder), len(comfy_server.log_text())
+    overrides = (*RECIPES[VCT], "7.steps=10000", "7.embedding_name=vct_cancel")
+    line = cancelled_run(comfy_server, REPO / "workflows" / VCT, overrides, vct_step("VCTConceptInversion"), log_start)
+    assert not line.startswith("ok "), line
+    after = digests(folder)
+    assert {name: after[name] for name in before} == before, "an existing embedding was overwritten"
+    assert sorted(set(after) - set(before)) == ["vct_cancel_00001.safetensors"]
+    with safe_open(str(folder / "vct_cancel_00001.safetensors"), "pt") as handle:
+        meta = json.loads(handle.metadata()["vct"])
+        assert list(handle.keys()) == ["emb_params"] and handle.get_tensor("emb_params").shape == (3, 768)
+    assert meta["stopped_early"] is True and 1 <= meta["steps_done"] < 10000
+    last = last_history(comfy_server)
+    shown = last["outputs"].get(str(VCT_CONCEPT), {}).get("text", [])
+    tier_report.append(f"Cancel during VCTConceptInversion: {shown}")
+    assert interrupted(last), last["status"]
+    assert len(shown) == 1 and shown[0].startswith(f"cancelled after {meta['steps_done']} steps, best so far")
+    assert shown[0].endswith("written to vct_cancel_00001.safetensors") and "vct_cancel_00001.safetensors" in \
+        comfy_server.log_text()[log_start:]
+
+
+def test_cancel_during_vct_null_text_optimisation_stops_within_an_inner_step(comfy_server, tier_report: list[str]) -> None:
+    """Cancel once DDIM inversion is done (4 of 8 progress steps): the null-text optimisation (200 inner steps per
+    step here) stops at the inner step it is in; the prompt ends as cancelled and the next one runs."""
+    log_start = len(comfy_server.log_text())
+    overrides = (*RECIPES[VCT], "8.steps=4", "8.inner_steps=200")
+    start = time.perf_counter()
+    line = cancelled_run(comfy_server, REPO / "workflows" / VCT, overrides, vct_step("VCTContentInversion", "[4-8]"),
+                         log_start)
+    assert not line.startswith("ok "), line
+    last = last_history(comfy_server)
+    assert interrupted(last), last["status"]
+    log = comfy_server.log_text()[log_start:]
+    # without the check after every inner step, Cancel would wait out the first step's 200 inner steps and show 5/8
+    assert not vct_step("VCTContentInversion", "[5-8]").search(log), "the null-text optimisation finished a step"
+    tier_report.append(f"Cancel during VCT null-text: interrupted after {time.perf_counter() - start:.1f} s wall")
+    again = queue(comfy_server, REPO / "workflows" / VCT, RECIPES[VCT])  # the server runs the next prompt
+    assert again.ok, again.line

@@ -9,7 +9,9 @@ The UNet is ComfyUI's ``UNetModel`` in a ``comfy.model_base.BaseModel`` (``suppo
 but SD1.5's 768-wide context); the CLIP is ComfyUI's ``SD1ClipModel`` + ``SD1Tokenizer`` (the real CLIP-L vocabulary)
 with one 768-wide layer, in a ``comfy.sd.CLIP`` whose embedding directory is a temp folder.
 An SDXL-shaped UNet (the StyleStudio probe's) checks inversion, null-text and injection with SDXL's ADM vector and
-blocks of two transformer layers, on random contexts (no SDXL CLIP).
+blocks of two transformer layers, on random contexts; a second one with SDXL's text widths (2048-wide context, 2816-wide
+ADM) runs concept inversion, content inversion and fusion through ComfyUI's ``SDXLClipModel`` (clip_l + clip_g, 3 layers
+each), and SD1.5 and SDXL concept files crossed over between the two CLIPs.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import torch  # noqa: E402
 import comfy.model_management  # noqa: E402
 import comfy.sd  # noqa: E402
 import comfy.sd1_clip  # noqa: E402
+import comfy.sdxl_clip  # noqa: E402
 import comfy.supported_models  # noqa: E402
 import comfy.supported_models_base  # noqa: E402
 import folder_paths  # noqa: E402
@@ -78,7 +81,22 @@ def tiny_clip(folder: Path) -> comfy.sd.CLIP:
     config.write_text(json.dumps(TINY_CLIP))
     target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
     target.params = {"clip_model": comfy.sd1_clip.SDClipModel, "textmodel_json_config": str(config)}
-    clip = comfy.sd.CLIP(target, embedding_directory=[str(folder)])
+    return randomised(comfy.sd.CLIP(target, embedding_directory=[str(folder)]))
+
+
+def tiny_sdxl_clip(folder: Path) -> comfy.sd.CLIP:
+    """ComfyUI's SDXL CLIP (``SDXLClipModel``: clip_l + clip_g, SDXL's tokenizers) at full width (768 and 1280: the
+    tokenizers load embeddings of exactly those widths) but 3 layers each (SDXL reads the penultimate one, which ComfyUI
+    wants inside the depth) with a 64-wide MLP, through ComfyUI's own ``<name>_model_config`` overrides: 0.13 G
+    parameters, most in the token tables (full size: 0.8 G)."""
+    small = {"num_hidden_layers": 3, "intermediate_size": 64}
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    options = {"clip_l_model_config": small, "clip_g_model_config": {**small, "num_attention_heads": 4}}
+    return randomised(comfy.sd.CLIP(target, embedding_directory=[str(folder)], model_options=options))
+
+
+def randomised(clip: comfy.sd.CLIP) -> comfy.sd.CLIP:
+    """Seeded random weights (ComfyUI's layers are built uninitialised): unit norms, zero biases, N(0, 1/width)."""
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, parameter in clip.cond_stage_model.named_parameters():
@@ -111,8 +129,8 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).pow(2).mean().sqrt())
 
 
-def reconstruction(model, clip) -> dict:
-    """(a) DDIM inversion + sampling at CFG 1; at CFG 7.5 plain vs null-text inversion (the content node's core)."""
+def reconstruction(model, clip) -> tuple[dict, object]:
+    """(a) DDIM inversion + sampling at CFG 1; at CFG 7.5 plain vs null-text inversion through the content node."""
     eps = ComfyEps(model)
     schedule = ddim.DDIMSchedule.from_table(model.get_model_object("model_sampling").sigmas, STEPS)
     x0 = model.model.process_latent_in(content_latent())
@@ -125,7 +143,7 @@ def reconstruction(model, clip) -> dict:
         start = time.perf_counter()
         (inversion,) = VCTContentInversion().invert(model, clip, {"samples": content_latent()}, STEPS, CFG, INNER, CAPTION)
         seconds = time.perf_counter() - start
-        nulls = [Cond(n, None, (NEGATIVE,)) for n in inversion.nulls]
+        nulls = [Cond(n, inversion.null_adm, (NEGATIVE,)) for n in inversion.nulls]
         null_text = ddim.sample(eps, inversion.x_t, caption, nulls, schedule, CFG)
     return {"scale": rms(x0, torch.zeros_like(x0)), "cfg1_rms": rms(cfg1, x0), "cfg1_max": distance(cfg1, x0),
             "plain_cfg_rms": rms(plain, x0), "null_text_rms": rms(null_text, x0), "null_text_seconds": round(seconds, 2),
@@ -137,9 +155,11 @@ def concept(model, clip, folder: Path) -> dict:
     reference = torch.linspace(0, 1, 64 * 64 * 3).reshape(1, 64, 64, 3) ** 2
     before = {p.name for p in folder.glob("*.safetensors")}
     with torch.inference_mode():
-        (first,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 8, 2e-2, 0)
+        (first,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 8, 2e-2,
+                                               0)["result"]
         first_bytes = (folder / f"{first.removeprefix('embedding:')}.safetensors").read_bytes()
-        (second,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 1, 2e-2, 0)
+        learned = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_probe", "painting", 3, 1, 2e-2, 0)
+        (second,), shown = learned["result"], learned["ui"]["text"]
         with_concept = CLIPTextEncode().encode(clip, f"a photo of {first}")[0][0][0]
         without = CLIPTextEncode().encode(clip, "a photo of")[0][0][0]
         with_word = CLIPTextEncode().encode(clip, "a photo of painting painting painting")[0][0][0]
@@ -147,7 +167,8 @@ def concept(model, clip, folder: Path) -> dict:
     with safe_open(str(folder / f"{first.removeprefix('embedding:')}.safetensors"), "pt") as handle:
         meta = json.loads(handle.metadata()["vct"])
         keys = {key: list(handle.get_tensor(key).shape) for key in handle.keys()}
-    return {"names": [first, second], "new_files": sorted({p.name for p in folder.glob("*.safetensors")} - before),
+    return {"names": [first, second], "shown": shown,
+            "new_files": sorted({p.name for p in folder.glob("*.safetensors")} - before),
             "first_unchanged": (folder / f"{first.removeprefix('embedding:')}.safetensors").read_bytes() == first_bytes,
             "first_loss": meta["first_loss"], "best_loss": meta["best_loss"], "keys": keys,
             "change_vs_prompt": distance(with_concept, without), "change_vs_initializer": distance(with_concept, with_word),
@@ -228,10 +249,11 @@ def chaining(model, clip, inversion) -> dict:
             "cross_effect": distance(ours, cross_off), "finite": bool(ours_first.isfinite().all())}
 
 
-def tiny_sdxl():
-    """The SDXL-shaped UNet of the StyleStudio probe (blocks of 1 and 2 transformer layers, ADM input), smooth ε."""
+def tiny_sdxl(**sizes):
+    """The SDXL-shaped UNet of the StyleStudio probe (blocks of 1 and 2 transformer layers, ADM input), smooth ε;
+    ``sizes`` override its config (SDXL's real text widths for a real SDXL CLIP)."""
     config_class, unet_config = UNETS["SDXL"]
-    config = config_class(dict(unet_config))
+    config = config_class(dict(unet_config, **sizes))
     config.set_inference_dtype(torch.float32, None)
     patcher = random_patcher(config.get_model({}))
     with torch.no_grad():
@@ -273,16 +295,78 @@ def sdxl_core() -> dict:
             "injected": len(injected), "injected_max_difference": max(injected), "indexed_keys": sum(len(k) == 3 for k in attn1)}
 
 
+def message(call) -> str:
+    """What the user would see from ``call()`` run as a node runs: the error's type and text, or "accepted"."""
+    try:
+        with torch.inference_mode():
+            call()
+    except Exception as error:  # noqa: BLE001 - the probe reports what the user would see
+        return f"{type(error).__name__}: {error}"
+    return "accepted"
+
+
+SDXL_TEXT = {"context_dim": 768 + 1280, "adm_in_channels": 1280 + 6 * 256}  # clip_l + clip_g; pooled clip_g + sizes
+
+
+def sdxl_concept(folder: Path, sd15: tuple) -> dict:
+    """(e) SDXL concept inversion through ComfyUI's SDXL CLIP: loss, the file's clip_l/clip_g, CLIPTextEncode reading it
+    into both encoders, the fusion on it; and what core ComfyUI and our nodes make of SD1.5/SDXL files crossed over."""
+    sd15_model, sd15_clip, sd15_inversion, sd15_concept = sd15
+    model, clip = tiny_sdxl(**SDXL_TEXT), tiny_sdxl_clip(folder)
+    null_text, inversion = reconstruction(model, clip)  # the content node with the SDXL CLIP's conditioning
+    reference = torch.linspace(0, 1, 64 * 64 * 3).reshape(1, 64, 64, 3) ** 2
+    start = time.perf_counter()
+    with torch.inference_mode():
+        (name,) = VCTConceptInversion().learn(model, clip, StandInVAE(), reference, "vct_sdxl", "painting", 3, 8, 2e-2,
+                                              0)["result"]
+    seconds = time.perf_counter() - start
+    path = folder / f"{name.removeprefix('embedding:')}.safetensors"
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(path), "pt") as handle:
+        meta = json.loads(handle.metadata()["vct"])
+        keys = {key: list(handle.get_tensor(key).shape) for key in handle.keys()}
+    save_file({"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, str(folder / "foreign_sdxl.safetensors"))
+
+    def encode(c, text):
+        ((context, extra),) = CLIPTextEncode().encode(c, text)[0]
+        return context, extra["pooled_output"]
+
+    with torch.inference_mode():
+        (with_concept, pooled_concept), (without, pooled_without) = encode(clip, f"a photo of {name}"), encode(clip, "a photo of")
+        # core ComfyUI with crossed files: an SD1.5 file in the SDXL CLIP, an SDXL file in the SD1.5 CLIP
+        (sd15_in_xl, _) = encode(clip, f"a photo of {sd15_concept}")
+        sdxl_in_15, plain_15 = encode(sd15_clip, f"a photo of {name}")[0], encode(sd15_clip, "a photo of")[0]
+        translated, _ = VCTFusion().fuse(model, clip, inversion, name, "a painting of {concept}", 0.9, 0.2, 1024, 0.5)
+
+    fuse_with = lambda m, c, inv, concept: lambda: VCTFusion().fuse(m, c, inv, concept, "{concept}", 0.9, 0.2, 1024, 0.5)
+    return {
+        "reconstruction": null_text, "seconds": round(seconds, 1), "first_loss": meta["first_loss"],
+        "best_loss": meta["best_loss"], "keys": keys,
+        "context_shape": list(with_concept.shape),
+        "clip_l_change": distance(with_concept[..., :768], without[..., :768]),
+        "clip_g_change": distance(with_concept[..., 768:], without[..., 768:]),
+        "pooled_change": distance(pooled_concept, pooled_without),
+        "translated_finite": bool(translated["samples"].isfinite().all()),
+        "core": {"sd15_file_in_sdxl_clip_l_change": distance(sd15_in_xl[..., :768], without[..., :768]),
+                 "sd15_file_in_sdxl_clip_g_change": distance(sd15_in_xl[..., 768:], without[..., 768:]),
+                 "sdxl_file_in_sd15_clip_change": distance(sdxl_in_15, plain_15)},
+        "errors": {
+            "sd15_concept_on_sdxl": message(fuse_with(model, clip, inversion, sd15_concept)),
+            "sdxl_concept_on_sd15": message(fuse_with(sd15_model, sd15_clip, sd15_inversion, name)),
+            "foreign_sdxl_file_on_sd15": message(fuse_with(sd15_model, sd15_clip, sd15_inversion, "embedding:foreign_sdxl")),
+            "missing_concept": message(fuse_with(model, clip, inversion, "embedding:no_such_concept")),
+            "sd15_clip_with_sdxl_model": message(fuse_with(model, sd15_clip, inversion, "a fox")),
+            "sd15_clip_concept_inversion_on_sdxl": message(lambda: VCTConceptInversion().learn(
+                model, sd15_clip, StandInVAE(), reference, "x", "painting", 3, 1, 1e-3, 0)),
+            "sdxl_clip_content_inversion_on_sd15": message(lambda: VCTContentInversion().invert(
+                sd15_model, clip, {"samples": content_latent()}, STEPS, CFG, 0)),
+        },
+    }
+
+
 def nodes(model, clip, inversion, concept_name: str) -> dict:
     """The fusion node end to end, and the bad inputs each node must refuse with a clear message."""
-    def message(call) -> str:
-        try:
-            with torch.inference_mode():
-                call()
-        except Exception as error:  # noqa: BLE001 - the probe reports what the user would see
-            return f"{type(error).__name__}: {error}"
-        return "accepted"
-
     fusion = lambda m=model, inv=inversion, c=concept_name: VCTFusion().fuse(m, clip, inv, c, "a painting of {concept}",
                                                                               0.9, 0.2, 1024, 0.5)
     with torch.inference_mode():
@@ -321,6 +405,8 @@ def main() -> dict:
         report["chaining"] = timed("chaining", lambda: chaining(model, clip, inversion))
         report["nodes"] = timed("nodes", lambda: nodes(model, clip, inversion, report["concept"]["names"][0]))
         report["sdxl"] = timed("sdxl", sdxl_core)
+        report["sdxl_concept"] = timed("sdxl_concept", lambda: sdxl_concept(
+            folder, (model, clip, inversion, report["concept"]["names"][0])))
     report["seconds"] = round(time.perf_counter() - start, 1)
     return report
 
