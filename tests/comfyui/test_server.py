@@ -31,12 +31,17 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 SD15_STANDIN = ("1.ckpt_name=sd15_standin.safetensors", "2.clip_name=clip_vision_vitl_standin.safetensors")
 #: Per workflow: the ``--set`` overrides that load the stand-ins and keep it small on a CPU.
 RECIPES: dict[str, tuple[str, ...]] = {
-    # The StyleMamba templates fit their styles in the graph on the pack's example pictures: 2 steps at 64 px.
+    # The StyleMamba templates fit their styles in the graph: 2 steps at 64 px. The main one runs on the pack's 512 px
+    # example photo as opened; the others on the tier's 96 px pictures (a 512 px picture costs the full-size stand-in
+    # VAE about 10 s per encode and decode on a CPU, and tests nothing more).
     "text_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=2", "3.max_resolution=64"),
-    "image_style_transfer.json": ("2.vae_name=sd_vae_standin.safetensors", "4.iterations=2", "4.max_resolution=64"),
-    "regional_styles.json": ("2.vae_name=sd_vae_standin.safetensors", "5.iterations=2", "5.max_resolution=64",
+    "image_style_transfer.json": ("1.image=boat.jpg", "3.image=style.png", "2.vae_name=sd_vae_standin.safetensors",
+                                  "4.iterations=2", "4.max_resolution=64"),
+    "regional_styles.json": ("1.image=boat.jpg", "3.image=style.png", "4.image=boat_mask.png",
+                             "2.vae_name=sd_vae_standin.safetensors", "5.iterations=2", "5.max_resolution=64",
                              "6.iterations=2", "6.max_resolution=64"),
-    "train_and_apply_style.json": ("2.vae_name=sd_vae_standin.safetensors", "3.iterations=2", "3.max_resolution=64"),
+    "train_and_apply_style.json": ("1.image=boat.jpg", "6.image=tubingen.jpeg", "2.vae_name=sd_vae_standin.safetensors",
+                                   "3.iterations=2", "3.max_resolution=64"),
     # Twin (TWINS): the CLIP_VISION becomes the test-only StandInCLIPVisionLoader, ComfyUI's own ClipVisionModel at a
     # 2-layer size (64 crops per fit step through a full-size tower take most of an hour here; those towers are tested
     # in-process). The rest runs as opened: ComfyUI's example.png, the poster style made in the graph; 2 steps at 64 px.
