@@ -94,20 +94,31 @@ def encoder_identity(name_or_path: str, width: int) -> tuple[str, int]:
     return _folder_name(name_or_path).casefold(), width
 
 
+def refuse_empty(texts: list[str]) -> None:
+    for text in texts:
+        if not text or not text.strip():
+            raise ValueError("style text is empty: describe the style, e.g. 'an oil painting by Van Gogh'")
+
+
 class StyleTextEncoder:
     """A text tower that puts words in the space of the model's image tower: SigLIP's own text tower, or a ComfyUI
     CLIP paired with its CLIP_VISION (``text_towers.ClipPairTextEncoder``). ``name`` is the id styles record;
-    ``encode`` returns unit-length embeddings (n, dim); the template averaging is shared."""
+    ``encode`` returns unit-length embeddings (n, dim); the empty-text refusal and the template averaging are shared,
+    a tower only implements ``embed``."""
 
     name: str
 
-    def encode(self, texts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+    def embed(self, texts: list[str], device: torch.device | str | None) -> torch.Tensor:
+        """Unit-length embeddings (n, dim) of texts already checked to be non-empty."""
         raise NotImplementedError
+
+    def encode(self, texts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+        refuse_empty(texts)
+        return self.embed(texts, device)
 
     def encode_style(self, text: str, device: torch.device | str | None = None, templates: tuple[str, ...] = STYLE_TEMPLATES) -> torch.Tensor:
         """Mean of the template embeddings of one style text, renormalised: (1, dim)."""
-        if not text or not text.strip():
-            raise ValueError("style text is empty: describe the style, e.g. 'an oil painting by Van Gogh'")
+        refuse_empty([text])  # before the templates wrap it in words of their own
         prompts = [template.format(text.strip()) for template in templates] if templates else [text]
         return F.normalize(self.encode(prompts, device).mean(dim=0, keepdim=True), dim=-1)
 
@@ -135,11 +146,8 @@ class TextEncoder(StyleTextEncoder):
         model.eval().requires_grad_(False)
         return cls(name_or_path, model, tokenizer, model.config.max_position_embeddings)
 
-    def encode(self, texts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
+    def embed(self, texts: list[str], device: torch.device | str | None) -> torch.Tensor:
         """Embed each text; SigLIP was trained with max-length padding, so pad the same way."""
-        for text in texts:
-            if not text or not text.strip():
-                raise ValueError("style text is empty: describe the style, e.g. 'an oil painting by Van Gogh'")
         device = device or next(self.model.parameters()).device
         tokens = self.tokenizer(
             list(texts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"

@@ -57,10 +57,7 @@ class ClipPairTextEncoder(StyleTextEncoder):
     name: str
     tower: ComfyTextTower
 
-    def encode(self, texts: list[str], device: torch.device | str | None = None) -> torch.Tensor:
-        for text in texts:
-            if not text or not text.strip():
-                raise ValueError("style text is empty: describe the style, e.g. 'an oil painting by Van Gogh'")
+    def embed(self, texts: list[str], device: torch.device | str | None) -> torch.Tensor:
         model = self.tower.clip_model
         model.reset_clip_options()
         model.set_clip_options({"projected_pooled": True})
