@@ -245,7 +245,6 @@ class TrainStyleMamba:
         result.style_mamba.source = f"TrainStyleMamba: {style.description}"
         return result
 
-
     @staticmethod
     def _image_encoder(encoder_name: str, clip_vision) -> ImageEncoder:
         """The encoder the fit backpropagates through: a copy of the CLIP_VISION's tower, or the SigLIP image tower."""

@@ -22,7 +22,7 @@ from ..vct.autograd import allow_autograd
 from ..vct.attention import CrossRefinePatch, SelfInjectionPatch
 from ..vct.concept import ConceptSettings, Vectors, learn_concept
 from ..vct.ddim import DDIMSchedule, NullTextSettings, invert, null_text_optimise
-from ..vct.embedding_file import free_path, write_embedding
+from ..vct.embedding_file import free_path, read_header, write_embedding
 from ..vct.fusion import NEGATIVE, POSITIVE, Cond, fuse, paper_control
 from ..vct.tokens import refine_edit
 from . import comfy_bridge
@@ -353,10 +353,6 @@ def check_concept(concept: str, clip: Any, model: Any) -> None:
     """Refuse a concept the fusion would silently sample without. ComfyUI's tokenizer drops an embedding it cannot find,
     and one whose width does not fit a text encoder (an SD1.5 file's 768-wide vectors for SDXL's 1280-wide clip_g), with
     only a log warning; and it reads an SDXL file's clip_l half into an SD1.5 CLIP without a word."""
-    import json
-
-    from safetensors import safe_open
-
     if EMBEDDING not in concept:
         return  # a concept in plain words
     name = concept.strip().removeprefix(EMBEDDING)
@@ -376,12 +372,11 @@ def check_concept(concept: str, clip: Any, model: Any) -> None:
     path = concept_file(concept)
     if path is None:
         return
-    with safe_open(str(path), "pt") as handle:
-        keys, info = set(handle.keys()), (handle.metadata() or {}).get("vct")
+    keys, metadata = read_header(path)
     if "clip_g" in keys and "g" not in tokens:
         raise ValueError(f"the concept {name!r} is an SDXL embedding (clip_l + clip_g) and the CLIP has no clip_g "
                          "(an SD1.5 CLIP): ComfyUI would use its clip_l half alone. Learn the concept with this MODEL and CLIP")
-    learned_on = json.loads(info)["model"] if info else None
+    learned_on = metadata["model"] if metadata else None
     if learned_on is not None and learned_on != type(model.model).__name__:
         raise ValueError(f"the concept {name!r} was learned on {learned_on}, the MODEL is {type(model.model).__name__}: "
                          "learn the concept with this MODEL")

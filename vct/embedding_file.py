@@ -8,6 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .concept import Vectors
@@ -41,3 +42,10 @@ def write_embedding(path: Path, vectors: Vectors, metadata: dict) -> Path:
     finally:
         os.unlink(temp)
     return path
+
+
+def read_header(path: Path) -> tuple[set[str], dict | None]:
+    """The tensor names of an embedding file and the metadata ``write_embedding`` stored (None for another tool's file)."""
+    with safe_open(str(path), "pt") as handle:
+        keys, info = set(handle.keys()), (handle.metadata() or {}).get("vct")
+    return keys, json.loads(info) if info else None
